@@ -1,0 +1,36 @@
+"""The ``mlrho`` command line. Each subcommand lives in its own function; figures go to stdout
+(``--json`` where a subcommand reports numbers), progress and warnings to stderr."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlrho",
+        description="Machine-learned electron densities with uncertainty, for periodic materials (SPARC-compatible).",
+    )
+    parser.add_argument("--version", action="version", version=f"ase-mlrho {__version__}")
+    parser.add_subparsers(dest="command", metavar="COMMAND")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("mlrho: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Neighbours and descriptors against brute force, invariances, and bad input."""
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+from ase.units import Bohr
+
+from ase_mlrho.descriptors import DescriptorSpec, Descriptors, UnknownSpeciesError
+from ase_mlrho.grid import Grid, InvalidStructureError
+from ase_mlrho.neighbors import PeriodicNeighbors
+from tests import brute_force
+
+
+def random_triclinic(rng, n_atoms, scale=6.0):
+    cell = np.eye(3) * scale + rng.uniform(-0.35, 0.35, (3, 3)) * scale
+    frac = rng.uniform(0, 1, (n_atoms, 3))
+    return cell, frac @ cell
+
+
+@pytest.mark.parametrize("seed,n_atoms,m,pbc", [
+    (0, 5, 12, (True, True, True)),
+    (1, 3, 30, (True, True, True)),
+    (2, 1, 40, (True, True, True)),          # M far beyond the atoms in the cell: several image shells
+    (3, 6, 16, (True, True, False)),         # one non-periodic direction
+    (4, 4, 20, (False, True, True)),
+])
+def test_neighbors_match_brute_force(seed, n_atoms, m, pbc):
+    rng = np.random.default_rng(seed)
+    cell, pos = random_triclinic(rng, n_atoms)
+    pos = pos + rng.normal(0, 3.0, pos.shape)  # atoms outside the cell: wrapped along periodic directions
+    pts = rng.uniform(-0.5, 1.5, (40, 3)) @ cell
+    nb = PeriodicNeighbors(pos, cell, pbc)
+    res = nb.query(pts, m)
+    for p, x in enumerate(pts):
+        d, idx, disp = brute_force.nearest(x, pos, cell, pbc, m, n_images=12)
+        np.testing.assert_allclose(res.distances_bohr[p], d, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(np.linalg.norm(res.displacements_bohr[p], axis=1), d, atol=1e-10)
+        # the displacement points from x to an image of the reported atom
+        frac = np.linalg.solve(cell.T, (x + res.displacements_bohr[p] - pos[res.atom_index[p]]).T).T
+        periodic = np.array(pbc)
+        np.testing.assert_allclose(frac[:, periodic], np.round(frac[:, periodic]), atol=1e-9)
+        np.testing.assert_allclose(frac[:, ~periodic], 0.0, atol=1e-9)
+
+
+@pytest.mark.parametrize("seed,n_atoms,spec,pbc", [
+    (10, 7, DescriptorSpec(m=12, m_s=3, k=4, species=("Al",)), (True, True, True)),
+    (11, 1, DescriptorSpec(m=40, m_s=4, k=6, species=("Al",)), (True, True, True)),
+    (12, 6, DescriptorSpec(m=10, m_s=2, k=3, species=("Al",)), (True, False, True)),
+    (13, 8, DescriptorSpec(m=8, m_s=3, k=4, species=("Si", "Ge")), (True, True, True)),
+])
+def test_descriptors_match_brute_force(seed, n_atoms, spec, pbc):
+    rng = np.random.default_rng(seed)
+    cell, pos = random_triclinic(rng, n_atoms)
+    z_of = {"Al": 13, "Si": 14, "Ge": 32}
+    numbers = np.array([z_of[spec.species[i % len(spec.species)]] for i in range(n_atoms)])
+    pts = rng.uniform(0, 1, (25, 3)) @ cell
+    desc = Descriptors(spec, pos, numbers, cell, pbc).compute_float64(pts)
+    assert desc.shape == (25, spec.n_features)
+    species_z = [z_of[s] for s in spec.species]
+    for p, x in enumerate(pts):
+        ref = brute_force.descriptor(x, pos, numbers, cell, pbc, spec.m, spec.m_s, spec.k, species_z, n_images=10)
+        np.testing.assert_allclose(desc[p], ref, rtol=0, atol=1e-10)
+
+
+def _rattled_al(seed=0):
+    atoms = bulk("Al", "fcc", a=4.05, cubic=True)
+    atoms.rattle(0.1, seed=seed)
+    atoms.set_cell(atoms.cell.array + np.array([[0, 0.2, 0], [0.1, 0, 0], [0, -0.15, 0]]), scale_atoms=True)
+    return atoms
+
+
+def test_invariance_rotation_translation_permutation_supercell():
+    spec = DescriptorSpec(m=24, m_s=4, k=4)
+    atoms = _rattled_al()
+    rng = np.random.default_rng(5)
+    pts_ang = rng.uniform(0, 1, (60, 3)) @ atoms.cell.array
+    ref = Descriptors.from_atoms(spec, atoms).compute(pts_ang / Bohr)
+
+    # rotation of atoms, cell and points together
+    rot = atoms.copy()
+    rot.rotate(37, (1, 2, 3), rotate_cell=True)
+    from scipy.spatial.transform import Rotation
+    R = Rotation.from_rotvec(np.deg2rad(37) * np.array([1, 2, 3]) / np.linalg.norm([1, 2, 3])).as_matrix()
+    got = Descriptors.from_atoms(spec, rot).compute((pts_ang @ R.T) / Bohr)
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-5)
+
+    # translation of everything (atoms and points)
+    shift = np.array([1.3, -2.7, 0.45])
+    tr = atoms.copy()
+    tr.translate(shift)
+    np.testing.assert_allclose(Descriptors.from_atoms(spec, tr).compute((pts_ang + shift) / Bohr), ref,
+                               rtol=1e-6, atol=1e-5)
+
+    # permutation of atoms
+    perm = atoms[rng.permutation(len(atoms))]
+    np.testing.assert_allclose(Descriptors.from_atoms(spec, perm).compute(pts_ang / Bohr), ref, rtol=1e-6, atol=1e-5)
+
+    # the same point in a 2x2x2 supercell
+    sc = atoms * (2, 2, 2)
+    np.testing.assert_allclose(Descriptors.from_atoms(spec, sc).compute(pts_ang / Bohr), ref, rtol=1e-6, atol=1e-5)
+
+
+def test_perfect_crystal_ties_do_not_depend_on_atom_order():
+    """fcc has 12 equidistant neighbours: Set II must not depend on which the tree returns first."""
+    spec = DescriptorSpec(m=16, m_s=4, k=4)
+    atoms = bulk("Al", "fcc", a=4.05, cubic=True)
+    grid = Grid.from_atoms(atoms, 0.6)
+    pts = grid.points_bohr()
+    ref = Descriptors.from_atoms(spec, atoms).compute(pts)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        perm = atoms[rng.permutation(len(atoms))]
+        np.testing.assert_allclose(Descriptors.from_atoms(spec, perm).compute(pts), ref, atol=1e-5)
+    sc = atoms * (2, 1, 3)
+    np.testing.assert_allclose(Descriptors.from_atoms(spec, sc).compute(pts), ref, atol=1e-5)
+    rot = atoms.copy()
+    rot.rotate(90, "z", rotate_cell=True)  # a symmetry-equivalent frame; points rotated with it
+    R = np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1.0]])
+    np.testing.assert_allclose(Descriptors.from_atoms(spec, rot).compute(pts @ R.T), ref, atol=1e-5)
+
+
+def test_species_resolved_features_distinguish_si_and_ge():
+    spec = DescriptorSpec(m=8, m_s=2, k=3, species=("Si", "Ge"))
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    atoms.rattle(0.05, seed=2)
+    pts = np.array([[0.3, 0.7, 1.1], [2.0, 2.5, 0.2]]) / Bohr
+    a = Descriptors.from_atoms(spec, atoms).compute(pts)
+    swapped = atoms.copy()
+    swapped.numbers[0] = 32
+    b = Descriptors.from_atoms(spec, swapped).compute(pts)
+    assert np.abs(a - b).max() > 0.1
+
+
+def test_bad_input_is_refused_clearly():
+    spec = DescriptorSpec()
+    with pytest.raises(InvalidStructureError, match="no atoms"):
+        Descriptors.from_atoms(spec, Atoms(cell=np.eye(3) * 5, pbc=True))
+    with pytest.raises(InvalidStructureError, match="singular"):
+        Descriptors.from_atoms(spec, Atoms("Al2", positions=[[0, 0, 0], [1, 1, 1]], cell=[[1, 0, 0], [2, 0, 0], [0, 0, 1]], pbc=True))
+    with pytest.raises(InvalidStructureError, match="singular"):
+        Descriptors.from_atoms(spec, Atoms("Al", cell=np.zeros((3, 3)), pbc=True))
+    bad = bulk("Al", "fcc", a=4.05)
+    bad.positions[0, 1] = np.nan
+    with pytest.raises(InvalidStructureError, match="NaN"):
+        Descriptors.from_atoms(spec, bad)
+    with pytest.raises(ValueError, match="M"):
+        DescriptorSpec(m=0)
+    with pytest.raises(ValueError, match="M_s"):
+        DescriptorSpec(m=4, m_s=5)
+    with pytest.raises(ValueError, match="unknown chemical symbol"):
+        DescriptorSpec(species=("Xx",))
+    with pytest.raises(UnknownSpeciesError, match="Cu"):
+        Descriptors.from_atoms(spec, bulk("Cu", "fcc", a=3.6))
+    twin = Atoms("Al2", positions=[[0, 0, 0], [0, 0, 0]], cell=np.eye(3) * 5, pbc=True)
+    with pytest.raises(InvalidStructureError, match="coincides"):
+        Descriptors.from_atoms(spec, twin)
