@@ -15,7 +15,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Machine-learned electron densities with uncertainty, for periodic materials (SPARC-compatible).",
     )
     parser.add_argument("--version", action="version", version=f"ase-mlrho {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    import importlib
+
+    from .commands import COMMAND_MODULES
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"ase_mlrho.commands.{name}").register(subparsers)
     return parser
 
 
