@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase.units import Bohr, Hartree
+from ase.units import Hartree
 
 from sparc_bridge.density_file import read_density
 
@@ -177,6 +177,3 @@ def valence_electrons(symbol: str, psp_dir: str | None = None) -> float:
         raise SnapshotError(f"no psp8 pseudopotential for {symbol} in {search} ({exc})") from exc
     return float(parse_psp8_header(Path(path).read_text())["zion"])
 
-
-def atoms_cell_bohr(atoms: Atoms) -> np.ndarray:
-    return np.asarray(atoms.cell) / Bohr

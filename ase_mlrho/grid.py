@@ -170,6 +170,14 @@ class Grid:
         """(n, 3) Cartesian coordinates in Bohr of flat points ``start:stop`` (file order)."""
         return self.fractional(start, stop) @ self.cell_bohr
 
+    def points_bohr_at(self, flat_indices) -> np.ndarray:
+        """(n, 3) Cartesian coordinates in Bohr of the given flat point indices."""
+        flat = np.asarray(flat_indices, dtype=np.int64)
+        if flat.size and (flat.min() < 0 or flat.max() >= self.n_points):
+            raise IndexError(f"point index outside 0:{self.n_points}")
+        ijk = np.stack(np.unravel_index(flat, self.shape), axis=1)
+        return (ijk / np.asarray(self.intervals, dtype=np.float64)) @ self.cell_bohr
+
     def chunks(self, chunk_points: int) -> Iterator[tuple[int, int]]:
         """Yield ``(start, stop)`` flat ranges of at most ``chunk_points`` points, in file order."""
         if chunk_points < 1:

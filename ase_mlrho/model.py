@@ -1,0 +1,248 @@
+"""The Bayesian density network.
+
+* :class:`BayesianLinear` -- a linear layer with a mean-field Gaussian variational posterior over
+  weights and biases and a zero-mean Gaussian prior; training uses the local reparameterisation
+  trick (sample pre-activations, not weights: same distribution per point, lower-variance gradients).
+* :class:`DensityNetwork` -- descriptor -> features -> Bayesian MLP -> (mean, sigma) of the
+  standardised target, a heteroscedastic Gaussian likelihood (sigma = aleatoric noise, learned).
+* :meth:`DensityNetwork.predict` -- mean density with aleatoric and epistemic uncertainty.
+  Epistemic variance is the variance of the mean over ``n_samples`` weight sets drawn from the
+  posterior with an explicit seed. The weight sets depend only on the seed, never on how the grid
+  is chunked, so predictions are bit-for-bit repeatable and chunk-size independent.
+
+The target is the density minus a superposition of spherical atomic densities (the "baseline",
+a function of the Set I distances), scaled to unit variance; the transform is linear, so sigmas
+map back to electrons/Bohr^3 exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .descriptors import DescriptorSpec
+
+__all__ = ["NetworkConfig", "BayesianLinear", "DensityNetwork", "Prediction", "RadialBaseline"]
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Architecture and prior of the Bayesian network.
+
+    hidden : widths of the hidden layers.
+    prior_sigma : standard deviation of the Gaussian prior on every weight and bias.
+    posterior_sigma_init : initial posterior standard deviation (small: start near a point estimate).
+    radial_widths_bohr : widths of Gaussian radial features sum_m exp(-d_m^2 / 2w^2) added per species.
+    """
+
+    hidden: tuple[int, ...] = (64, 64, 64)
+    prior_sigma: float = 1.0
+    posterior_sigma_init: float = 1e-3
+    radial_widths_bohr: tuple[float, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"hidden": list(self.hidden), "prior_sigma": self.prior_sigma,
+                "posterior_sigma_init": self.posterior_sigma_init,
+                "radial_widths_bohr": list(self.radial_widths_bohr)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NetworkConfig":
+        return cls(hidden=tuple(int(h) for h in d["hidden"]), prior_sigma=float(d["prior_sigma"]),
+                   posterior_sigma_init=float(d["posterior_sigma_init"]),
+                   radial_widths_bohr=tuple(float(w) for w in d.get("radial_widths_bohr", ())))
+
+
+def _softplus_inverse(y: float) -> float:
+    return math.log(math.expm1(y))
+
+
+class BayesianLinear(nn.Module):
+    """y = x W^T + b with W_ij ~ N(mu_ij, softplus(rho_ij)^2) independently (mean field)."""
+
+    def __init__(self, n_in: int, n_out: int, prior_sigma: float, posterior_sigma_init: float):
+        super().__init__()
+        self.n_in, self.n_out, self.prior_sigma = n_in, n_out, prior_sigma
+        bound = 1.0 / math.sqrt(n_in)
+        self.weight_mu = nn.Parameter(torch.empty(n_out, n_in).uniform_(-bound, bound) * math.sqrt(3.0))
+        self.bias_mu = nn.Parameter(torch.zeros(n_out))
+        rho0 = _softplus_inverse(posterior_sigma_init)
+        self.weight_rho = nn.Parameter(torch.full((n_out, n_in), rho0))
+        self.bias_rho = nn.Parameter(torch.full((n_out,), rho0))
+
+    def sigmas(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return nn.functional.softplus(self.weight_rho), nn.functional.softplus(self.bias_rho)
+
+    def forward(self, x: torch.Tensor, sample: bool = True) -> torch.Tensor:
+        mean = nn.functional.linear(x, self.weight_mu, self.bias_mu)
+        if not sample:
+            return mean
+        w_sigma, b_sigma = self.sigmas()
+        var = nn.functional.linear(x * x, w_sigma * w_sigma, b_sigma * b_sigma)
+        return mean + torch.sqrt(var + 1e-20) * torch.randn_like(mean)
+
+    def kl(self) -> torch.Tensor:
+        """KL(q || p) for the Gaussian posterior and the N(0, prior_sigma^2) prior, summed."""
+        total = torch.zeros((), dtype=self.weight_mu.dtype)
+        for mu, sigma in ((self.weight_mu, self.sigmas()[0]), (self.bias_mu, self.sigmas()[1])):
+            p = self.prior_sigma
+            total = total + torch.sum(torch.log(p / sigma) + (sigma * sigma + mu * mu) / (2 * p * p) - 0.5)
+        return total
+
+    def sample_weights(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` weight sets: (n, out, in) and (n, out)."""
+        w_sigma, b_sigma = self.sigmas()
+        ew = torch.randn((n, *self.weight_mu.shape), generator=generator, dtype=self.weight_mu.dtype)
+        eb = torch.randn((n, *self.bias_mu.shape), generator=generator, dtype=self.bias_mu.dtype)
+        return self.weight_mu + w_sigma * ew, self.bias_mu + b_sigma * eb
+
+
+class RadialBaseline(nn.Module):
+    """A superposition of spherical atomic densities, as a function of the Set I distances.
+
+    rho_0(x) = sum_s sum_{m < M} f_s(d_{s,m}(x)), with f_s a table on a uniform radial grid
+    (linear interpolation, zero beyond the last knot). Zero tables give a zero baseline.
+    """
+
+    def __init__(self, spec: DescriptorSpec, r_max_bohr: float = 8.0, n_knots: int = 161):
+        super().__init__()
+        self.spec = spec
+        self.r_max_bohr = float(r_max_bohr)
+        self.register_buffer("table", torch.zeros(len(spec.species), n_knots, dtype=torch.float64))
+
+    @property
+    def knots_bohr(self) -> np.ndarray:
+        return np.linspace(0.0, self.r_max_bohr, self.table.shape[1])
+
+    def design(self, desc: torch.Tensor) -> torch.Tensor:
+        """(P, n_species * n_knots) linear-interpolation weights, so baseline = design @ table.ravel()."""
+        n_knots = self.table.shape[1]
+        h = self.r_max_bohr / (n_knots - 1)
+        blocks = []
+        for b in range(len(self.spec.species)):
+            o = b * self.spec.n_per_species
+            d = desc[:, o:o + self.spec.m].to(torch.float64)
+            t = torch.clamp(d / h, 0.0, n_knots - 1.0)
+            i0 = torch.clamp(torch.floor(t).long(), max=n_knots - 2)
+            frac = t - i0
+            inside = (d < self.r_max_bohr).to(torch.float64)
+            w = torch.zeros(d.shape[0], n_knots, dtype=torch.float64)
+            w.scatter_add_(1, i0, (1.0 - frac) * inside)
+            w.scatter_add_(1, i0 + 1, frac * inside)
+            blocks.append(w)
+        return torch.cat(blocks, dim=1)
+
+    def forward(self, desc: torch.Tensor) -> torch.Tensor:
+        return self.design(desc) @ self.table.reshape(-1)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted density and its uncertainty at P points, electrons/Bohr^3 (float64 arrays)."""
+
+    mean: np.ndarray
+    sigma_aleatoric: np.ndarray
+    sigma_epistemic: np.ndarray
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def sigma_total(self) -> np.ndarray:
+        return np.sqrt(self.sigma_aleatoric ** 2 + self.sigma_epistemic ** 2)
+
+
+class DensityNetwork(nn.Module):
+    """Descriptor -> (standardised features) -> Bayesian MLP -> mean and sigma of the density.
+
+    Buffers hold everything needed to go from raw descriptors to electrons/Bohr^3: feature
+    means/stds, the target scale, the radial baseline, and a post-hoc calibration factor for sigma.
+    """
+
+    def __init__(self, spec: DescriptorSpec, config: NetworkConfig = NetworkConfig()):
+        super().__init__()
+        self.spec, self.config = spec, config
+        self.baseline = RadialBaseline(spec)
+        n_in = spec.n_features + len(spec.species) * len(config.radial_widths_bohr)
+        widths = [n_in, *config.hidden, 2]
+        self.layers = nn.ModuleList(
+            BayesianLinear(a, b, config.prior_sigma, config.posterior_sigma_init) for a, b in zip(widths, widths[1:])
+        )
+        self.register_buffer("x_mean", torch.zeros(n_in))
+        self.register_buffer("x_std", torch.ones(n_in))
+        self.register_buffer("y_mean", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("y_std", torch.ones((), dtype=torch.float64))
+        self.register_buffer("sigma_scale", torch.ones((), dtype=torch.float64))
+
+    # ------------------------------------------------------------------ features
+    def raw_features(self, desc: torch.Tensor) -> torch.Tensor:
+        """Descriptor plus Gaussian radial sums per species (unscaled)."""
+        widths = self.config.radial_widths_bohr
+        if not widths:
+            return desc
+        extra = []
+        for b in range(len(self.spec.species)):
+            o = b * self.spec.n_per_species
+            d = desc[:, o:o + self.spec.m]
+            for w in widths:
+                extra.append(torch.exp(-(d * d) / (2.0 * w * w)).sum(dim=1, keepdim=True))
+        return torch.cat([desc, *extra], dim=1)
+
+    def features(self, desc: torch.Tensor) -> torch.Tensor:
+        return (self.raw_features(desc) - self.x_mean) / self.x_std
+
+    # ------------------------------------------------------------------ training forward
+    def forward(self, desc: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, sigma) of the standardised target, one stochastic pass (local reparameterisation)."""
+        h = self.features(desc)
+        for layer in self.layers[:-1]:
+            h = nn.functional.silu(layer(h, sample))
+        out = self.layers[-1](h, sample)
+        return out[:, 0], nn.functional.softplus(out[:, 1]) + 1e-4
+
+    def kl(self) -> torch.Tensor:
+        return sum(layer.kl() for layer in self.layers)
+
+    def target(self, desc: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+        """Standardised residual of the density over the baseline."""
+        return (rho.to(torch.float64) - self.baseline(desc) - self.y_mean) / self.y_std
+
+    # ------------------------------------------------------------------ inference
+    def sample_weight_sets(self, n_samples: int, seed: int) -> list:
+        """``n_samples`` weight sets drawn from the posterior with ``seed``; with 0 samples, the
+        posterior means (a deterministic network, no epistemic uncertainty)."""
+        if n_samples == 0:
+            return [(layer.weight_mu.detach()[None], layer.bias_mu.detach()[None]) for layer in self.layers]
+        gen = torch.Generator().manual_seed(int(seed))
+        with torch.no_grad():
+            return [layer.sample_weights(n_samples, gen) for layer in self.layers]
+
+    @torch.no_grad()
+    def predict(self, desc, n_samples: int = 8, seed: int = 0, weight_sets=None) -> Prediction:
+        """Mean density and sigmas (electrons/Bohr^3) at the points whose descriptors are given.
+
+        mean = average over weight sets of the predicted mean; aleatoric variance = average of the
+        predicted noise variances; epistemic variance = variance of the means over weight sets.
+        Both sigmas are multiplied by the calibration factor fitted on validation snapshots.
+        """
+        desc_t = torch.as_tensor(np.asarray(desc, dtype=np.float32))
+        weight_sets = weight_sets if weight_sets is not None else self.sample_weight_sets(n_samples, seed)
+        h = self.features(desc_t).unsqueeze(0)  # (1, P, F) broadcast over S weight sets
+        for i, (w, b) in enumerate(weight_sets):
+            h = torch.baddbmm(b.unsqueeze(1), h.expand(w.shape[0], -1, -1), w.transpose(1, 2))
+            if i < len(weight_sets) - 1:
+                h = nn.functional.silu(h)
+        mu = h[:, :, 0].to(torch.float64)
+        sig = nn.functional.softplus(h[:, :, 1]).to(torch.float64) + 1e-4
+        s = mu.shape[0]
+        mean_y = mu.mean(dim=0)
+        var_ale = (sig * sig).mean(dim=0)
+        var_epi = mu.var(dim=0, unbiased=False) if s > 1 else torch.zeros_like(mean_y)
+        scale = self.y_std * self.sigma_scale
+        rho = self.baseline(desc_t) + self.y_mean + self.y_std * mean_y
+        return Prediction(
+            mean=rho.numpy(),
+            sigma_aleatoric=(scale * torch.sqrt(var_ale)).numpy(),
+            sigma_epistemic=(scale * torch.sqrt(var_epi)).numpy(),
+        )
