@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the command as given, recorded by commands that write provenance
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
