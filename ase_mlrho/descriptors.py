@@ -188,7 +188,8 @@ class Descriptors:
                 out[:, o + spec.m:o + spec.n_per_species] = 0.0
                 continue
             sel, nb = entry
-            res = nb.query(pts, spec.m, workers=workers)
+            # Set II needs displacements up to the M_s-th atom and any atoms tied with it
+            res = nb.query(pts, spec.m, workers=workers, n_displacements=min(spec.m, spec.m_s + _TIE_MARGIN))
             out[:, o:o + spec.m] = res.distances_bohr
             if spec.m_s:
                 blocks = self._set2_ordered(res.distances_bohr, res.displacements_bohr, sel[res.atom_index])
@@ -207,7 +208,7 @@ class Descriptors:
         if tied.size == 0:
             return blocks
         d = dist[tied]
-        n_c = int(np.max(np.sum(d <= d[:, ms - 1:ms] + TIE_TOLERANCE_BOHR, axis=1)))
+        n_c = min(disp.shape[1], int(np.max(np.sum(d <= d[:, ms - 1:ms] + TIE_TOLERANCE_BOHR, axis=1))))
         cand = self._set2(disp[tied, :n_c], atoms[tied, :n_c])  # (T, n_c, k)
         shells = np.concatenate(
             [np.zeros((len(tied), 1)), np.cumsum(np.diff(d[:, :n_c], axis=1) > TIE_TOLERANCE_BOHR, axis=1)], axis=1
@@ -250,6 +251,9 @@ class Descriptors:
             cos = np.take_along_axis(cos, order, axis=-1)
         return -np.sort(-cos, axis=-1)
 
+
+#: extra displacements kept beyond M_s for atoms tied in distance with the M_s-th one
+_TIE_MARGIN = 12
 
 #: a point closer than this to an atom is "on" the atom (Set II angle undefined, cosine set to 1)
 _ON_ATOM_BOHR = 1e-8

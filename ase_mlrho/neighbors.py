@@ -29,7 +29,7 @@ class NeighborResult:
 
     distances_bohr : (P, M) float64
     atom_index : (P, M) int64, index of the atom (in the cell) of which the neighbour is an image
-    displacements_bohr : (P, M, 3) float64, vector from the point to the neighbouring image
+    displacements_bohr : (P, n, 3) float64, vector from the point to the n nearest neighbouring images
     """
 
     distances_bohr: np.ndarray
@@ -127,8 +127,11 @@ class PeriodicNeighbors:
         frac[:, self._periodic] -= np.floor(frac[:, self._periodic])
         return frac @ self.cell_bohr
 
-    def query(self, points_bohr, m: int, workers: int = 1) -> NeighborResult:
-        """The ``m`` nearest atoms (over all periodic images) of each point, sorted by distance."""
+    def query(self, points_bohr, m: int, workers: int = 1, n_displacements: int | None = None) -> NeighborResult:
+        """The ``m`` nearest atoms (over all periodic images) of each point, sorted by distance.
+
+        Displacement vectors are returned for the nearest ``n_displacements`` (default: all m) only,
+        which saves memory traffic when just the first few are needed."""
         m = int(m)
         if m < 1:
             raise ValueError(f"the number of neighbours must be >= 1, got {m}")
@@ -141,23 +144,24 @@ class PeriodicNeighbors:
             raise ValueError(f"points must be an (P, 3) array, got shape {pts.shape}")
         if not np.all(np.isfinite(pts)):
             raise ValueError("points contain NaN or infinite coordinates")
+        n_disp = m if n_displacements is None else min(int(n_displacements), m)
         wrapped = self.wrap(pts)
         if self._tree is None:
             self._build_halo(self._initial_radius(m))
-        dist, atom, disp = self._query_tree(wrapped, m, workers)
+        dist, atom, disp = self._query_tree(wrapped, m, workers, n_disp)
         bad = np.flatnonzero(dist[:, -1] > self._radius)
         while bad.size and any(self.pbc):  # (without periodicity every atom is in the halo: exact)
             self._build_halo(max(1.5 * self._radius, float(dist[bad, -1].max()) * 1.05))
-            dist[bad], atom[bad], disp[bad] = self._query_tree(wrapped[bad], m, workers)
+            dist[bad], atom[bad], disp[bad] = self._query_tree(wrapped[bad], m, workers, n_disp)
             bad = bad[dist[bad, -1] > self._radius]
         return NeighborResult(dist, atom, disp)
 
-    def _query_tree(self, pts, m, workers):
+    def _query_tree(self, pts, m, workers, n_disp):
         """Query the current halo: distances, atom indices and displacements (pts -> image)."""
         if m > len(self._halo_pos):
             # the halo is too small to hold m images: grow it before asking the tree
             self._build_halo(max(2.0 * self._radius, 1.0))
-            return self._query_tree(pts, m, workers)
+            return self._query_tree(pts, m, workers, n_disp)
         dist, idx = self._tree.query(pts, k=m, workers=workers)
         dist, idx = dist.reshape(len(pts), m), idx.reshape(len(pts), m)
-        return dist, self._halo_atom[idx], self._halo_pos[idx] - pts[:, None, :]
+        return dist, self._halo_atom[idx], self._halo_pos[idx[:, :n_disp]] - pts[:, None, :]
