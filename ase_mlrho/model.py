@@ -136,7 +136,20 @@ class RadialBaseline(nn.Module):
         return torch.cat(blocks, dim=1)
 
     def forward(self, desc: torch.Tensor) -> torch.Tensor:
-        return self.design(desc) @ self.table.reshape(-1)
+        """Baseline density at each point (float64), by direct interpolation (same as design @ table)."""
+        n_knots = self.table.shape[1]
+        h = self.r_max_bohr / (n_knots - 1)
+        total = torch.zeros(desc.shape[0], dtype=torch.float64)
+        for b in range(len(self.spec.species)):
+            o = b * self.spec.n_per_species
+            d = desc[:, o:o + self.spec.m].to(torch.float64)
+            t = torch.clamp(d / h, 0.0, n_knots - 1.0)
+            i0 = torch.clamp(torch.floor(t).long(), max=n_knots - 2)
+            frac = t - i0
+            table = self.table[b]
+            value = table[i0] * (1.0 - frac) + table[i0 + 1] * frac
+            total += torch.where(d < self.r_max_bohr, value, torch.zeros_like(value)).sum(dim=1)
+        return total
 
 
 @dataclass(frozen=True)
