@@ -1,0 +1,118 @@
+"""``mlrho predict STRUCTURE [-m MODEL] [-o OUT.zarr|.cube|.dens|.npz] ...``: a structure's density
+with uncertainty.
+
+Reads anything ``ase.io.read`` reads, predicts block by block (serial, local processes or Dask),
+writes the output atomically (a zarr store is built as ``OUT.zarr.partial`` and renamed when
+complete; rerunning the same command resumes an interrupted store), and prints a summary: a few
+human lines, or with ``--json`` exactly one JSON object on stdout. Progress goes to stderr.
+Any bad input exits with status 2 and one line on stderr, before any output is created.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict", help="predict a structure's electron density with uncertainty",
+        description="Predict the valence electron density of a structure (any file ase.io.read reads) with "
+                    "aleatoric and epistemic uncertainty, on the model's grid, and write it to zarr (density and "
+                    "three sigmas, chunked, resumable), a Gaussian cube file, a SPARC .dens file or an .npz file. "
+                    "Units in every output: electrons/Bohr^3.")
+    p.add_argument("structure", metavar="STRUCTURE", help="structure file (xyz, extxyz, cif, POSCAR, SPARC .ion, ...)")
+    p.add_argument("-m", "--model", default="al-pbe", help="shipped model name or model file (default al-pbe)")
+    p.add_argument("-o", "--output", metavar="OUT", help="OUT.zarr, OUT.cube, OUT.dens[.gz] or OUT.npz "
+                                                         "(default: no file, summary only)")
+    p.add_argument("--index", default="-1", help="frame of a trajectory file to use (ase.io.read index; default -1)")
+    p.add_argument("--samples", type=int, default=None, help="posterior weight samples (default: the model's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weight samples (default 0)")
+    p.add_argument("--executor", choices=("serial", "processes", "dask"), default="serial")
+    p.add_argument("--workers", type=int, default=1, help="worker processes for processes / a Dask LocalCluster")
+    p.add_argument("--dask-address", metavar="ADDR", help="join a running Dask scheduler (tcp://host:port) instead "
+                                                          "of starting a LocalCluster; implies --executor dask")
+    p.add_argument("--chunk-points", type=int, default=None, help="grid points per block (default 262144)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.zarr store")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+    p.set_defaults(func=run)
+
+
+def _fail(message: str) -> int:
+    print(f"mlrho predict: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
+
+
+def _read_structure(path: str, index: str):
+    from ase.io import read
+
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"structure file {path} does not exist")
+    if p.is_dir():
+        raise ValueError(f"{path} is a directory, not a structure file")
+    try:
+        atoms = read(path, index=index)
+    except Exception as exc:  # noqa: BLE001 - ase.io raises many types for unreadable files
+        raise ValueError(f"cannot read {path} as a structure ({type(exc).__name__}: {exc})") from None
+    if isinstance(atoms, list):
+        raise ValueError(f"--index {index} selects {len(atoms)} frames of {path}; give a single frame")
+    return atoms
+
+
+def run(args) -> int:
+    from ..grid import InvalidStructureError
+    from ..inference import (DEFAULT_CHUNK_POINTS, OOD_WARNING_FRACTION, ExecutorSettings, InferenceSettings,
+                             OutputError, check_output, run_prediction, validate_structure)
+    from ..models import ModelFileError, load_model
+
+    executor = "dask" if args.dask_address else args.executor
+    try:
+        settings = InferenceSettings(n_samples=args.samples, seed=args.seed,
+                                     chunk_points=args.chunk_points or DEFAULT_CHUNK_POINTS)
+        ex = ExecutorSettings(executor, args.workers, args.dask_address)
+        if args.output:
+            check_output(args.output, overwrite_zarr=args.overwrite)
+        atoms = _read_structure(args.structure, args.index)
+        model = load_model(args.model)
+        validate_structure(model, atoms)
+    except (ValueError, OutputError, ModelFileError, InvalidStructureError, OSError) as exc:
+        return _fail(exc)
+
+    try:
+        result = run_prediction(model, atoms, args.output, settings, ex, progress=not args.quiet,
+                                overwrite=args.overwrite)
+    except (ValueError, OSError) as exc:  # OutputError, InvalidStructureError, a field that cannot be renormalised
+        return _fail(exc)
+    s = result.summary
+    if s.looks_out_of_distribution:
+        print(f"mlrho predict: warning: {100 * s.ood_fraction:.1f} % of the grid points have an epistemic sigma above "
+              f"the model's validation range (p99.9 = {s.ood_threshold_e_per_bohr3:.3g} e/Bohr^3; more than "
+              f"{100 * OOD_WARNING_FRACTION:g} % means the structure looks out of distribution): treat the density "
+              "with care", file=sys.stderr)
+    if args.json:
+        keys = ("natoms", "grid_shape", "n_electrons", "electrons_raw", "seconds", "points_per_second",
+                "sigma_total_max_e_per_bohr3", "sigma_total_mean_e_per_bohr3", "ood_fraction", "output")
+        d = s.to_dict()
+        report = {k: d[k] for k in keys}
+        report.update({k: d[k] for k in ("n_points", "renormalisation_factor", "ood_threshold_e_per_bohr3",
+                                           "chunks", "chunks_resumed", "executor", "workers")})
+        report["model"] = model.name
+        print(json.dumps(report))
+    else:
+        nx, ny, nz = s.grid_shape
+        ood = "n/a (the model records no validation range)" if s.ood_fraction is None else \
+            f"{100 * s.ood_fraction:.3g} % of points above the validation p99.9"
+        print(f"structure      {args.structure}: {s.natoms} atoms, model {model.name}")
+        print(f"grid           {nx} x {ny} x {nz} = {s.n_points:,} points, {s.chunks} blocks"
+              + (f" ({s.chunks_resumed} resumed)" if s.chunks_resumed else ""))
+        print(f"electrons      {s.n_electrons:.6g} (raw prediction integrates to {s.electrons_raw:.6g})")
+        print(f"time           {s.seconds:.2f} s, {s.points_per_second:,.0f} points/s ({s.executor}, "
+              f"{s.workers} worker{'s' if s.workers > 1 else ''})")
+        print(f"sigma total    max {s.sigma_total_max_e_per_bohr3:.3e}, mean {s.sigma_total_mean_e_per_bohr3:.3e} "
+              "e/Bohr^3")
+        print(f"epistemic OOD  {ood}")
+        print(f"output         {s.output or '(none: pass -o OUT.zarr|.cube|.dens|.npz to keep the field)'}")
+    return 0
