@@ -1,0 +1,307 @@
+"""Harris-Foulkes energies of a given (e.g. machine-learned) density, computed by SPARC.
+
+One SPARC run with ``READ_INIT_DENS`` and ``MAXIT_SCF: 1`` builds the Hamiltonian of the input
+density, diagonalises it once (``RHO_TRIGGER`` CheFSI passes) and, under density mixing, prints the
+Harris-Foulkes free energy of that density (SPARC_NOTES Q3). Its error is second order in the
+density error when the subspace is converged, so a good predicted density gives a good energy
+without an SCF. The first-iteration SCF error ``||rho_out - rho_in|| / ||rho_out||`` is a direct
+measure of the input density's quality and is returned with it.
+
+SPARC does not clip or renormalise a density it reads (SPARC_NOTES Q1), so
+:func:`prepare_density` does both here: clip at 0, then scale to the exact valence electron count.
+
+:class:`HarrisFoulkesCalculator` wraps this as an ASE calculator around any ``density_provider``:
+a callable ``atoms -> (Grid, density_e_per_bohr3, uncertainty_summary_dict)``; the ML model is one
+such provider, SPARC's own converged density another (used in the tests).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+from ase.units import Bohr, Hartree
+
+from ase_mlrho.data import valence_electrons
+from ase_mlrho.grid import Grid
+
+from .density_file import write_density
+from .inputs import (
+    DEFAULT_LABEL,
+    DEFAULT_RHO_TRIGGER,
+    DENSITY_INPUT_NAME,
+    HarrisFoulkesSettings,
+    SparcSettings,
+    write_harris_foulkes_input,
+    write_scf_input,
+    write_warm_start_input,
+)
+from .run import SparcResult, resolve_command, run_sparc
+
+__all__ = [
+    "GridMismatchError",
+    "PreparedDensity",
+    "HarrisFoulkesResult",
+    "WarmStartComparison",
+    "prepare_density",
+    "check_grid",
+    "write_input_density",
+    "harris_foulkes_energy",
+    "warm_start_comparison",
+    "HarrisFoulkesCalculator",
+    "DensityProvider",
+]
+
+DensityProvider = Callable[[object], tuple]
+
+
+class GridMismatchError(ValueError):
+    """A density whose grid is not the grid SPARC will build for the structure."""
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedDensity:
+    """A density ready for SPARC: clipped at 0 and scaled to ``n_electrons``.
+
+    ``electrons_before`` is the integral of the density as given, ``negative_charge`` the charge
+    removed by clipping (both in electrons) -- a quick sanity figure for a predicted density.
+    """
+
+    density_e_per_bohr3: np.ndarray
+    n_electrons: float
+    electrons_before: float
+    negative_charge: float
+    scale: float
+
+
+@dataclass(frozen=True)
+class HarrisFoulkesResult:
+    """A Harris-Foulkes evaluation: energy (Ha), density diagnostics, timings (s) and the run."""
+
+    energy_ha: float
+    energy_per_atom_ha: float
+    first_scf_error: float
+    n_electrons: float
+    electrons_before: float
+    negative_charge: float
+    prepare_s: float
+    sparc_wall_s: float
+    total_s: float
+    run: SparcResult
+
+    @property
+    def energy_ev(self) -> float:
+        return self.energy_ha * Hartree
+
+
+@dataclass(frozen=True)
+class WarmStartComparison:
+    """Full SCF from a given density vs SPARC's default guess (atomic superposition)."""
+
+    warm: SparcResult
+    default: SparcResult
+
+    @property
+    def iterations(self) -> tuple[int, int]:
+        return self.warm.n_scf_iterations, self.default.n_scf_iterations
+
+    @property
+    def wall_s(self) -> tuple[float, float]:
+        return self.warm.wall_time_s, self.default.wall_time_s
+
+    def summary(self) -> dict:
+        return {
+            "warm_iterations": self.warm.n_scf_iterations,
+            "default_iterations": self.default.n_scf_iterations,
+            "warm_wall_s": self.warm.wall_time_s,
+            "default_wall_s": self.default.wall_time_s,
+            "warm_energy_per_atom_ha": self.warm.free_energy_per_atom_ha,
+            "default_energy_per_atom_ha": self.default.free_energy_per_atom_ha,
+        }
+
+
+# ----------------------------------------------------------------------------- numerics (pure)
+def n_valence_electrons(atoms, psp_dir: str | None = None) -> float:
+    """Exact valence electron count of ``atoms`` for the pseudopotentials SPARC will use."""
+    return float(sum(valence_electrons(s, psp_dir) for s in atoms.get_chemical_symbols()))
+
+
+def prepare_density(density_e_per_bohr3: np.ndarray, grid: Grid, n_electrons: float) -> PreparedDensity:
+    """Clip negative values and scale so that the density integrates to ``n_electrons`` on ``grid``."""
+    rho = np.asarray(density_e_per_bohr3, dtype=np.float64)
+    if rho.shape != grid.shape:
+        raise GridMismatchError(f"density shape {rho.shape} differs from the grid shape {grid.shape}")
+    if not np.all(np.isfinite(rho)):
+        raise ValueError("density contains NaN or infinite values")
+    before = grid.integrate(rho)
+    clipped = np.clip(rho, 0.0, None)
+    total = grid.integrate(clipped)
+    negative = total - before  # charge of the clipped negative values, as a positive number
+    if not total > 0:
+        raise ValueError(f"density integrates to {total:g} electrons after clipping; cannot renormalise")
+    scale = n_electrons / total
+    return PreparedDensity(clipped * scale, float(n_electrons), before, negative, scale)
+
+
+def check_grid(atoms, grid: Grid, settings: SparcSettings) -> None:
+    """Raise :class:`GridMismatchError` unless ``grid`` is the grid SPARC builds for ``atoms``."""
+    expected = settings.grid(atoms)
+    if tuple(grid.shape) != tuple(expected.shape) or tuple(grid.pbc) != tuple(expected.pbc):
+        raise GridMismatchError(
+            f"density grid {grid.shape} (pbc {grid.pbc}) is not SPARC's grid {expected.shape} (pbc {expected.pbc}) "
+            f"for this cell at a {settings.mesh_spacing_bohr} Bohr mesh; predict the density on "
+            "SparcSettings.grid(atoms)"
+        )
+    diff = float(np.max(np.abs(np.asarray(grid.cell_bohr) - expected.cell_bohr)))
+    if diff > 1e-6:
+        raise GridMismatchError(
+            f"density grid cell differs from the structure's cell by {diff:.3g} Bohr (tolerance 1e-6); "
+            "the density belongs to another cell"
+        )
+
+
+def write_input_density(path, atoms, density_e_per_bohr3: np.ndarray, grid: Grid, psp_dir: str | None = None) -> Path:
+    """Write a density for ``READ_INIT_DENS`` with the atoms' lines (Z, valence, Cartesian Bohr)."""
+    return write_density(
+        path,
+        density_e_per_bohr3,
+        grid.cell_bohr,
+        numbers=atoms.numbers,
+        positions_bohr=atoms.positions / Bohr,
+        valence=[valence_electrons(s, psp_dir) for s in atoms.get_chemical_symbols()],
+        comment="Input density for SPARC READ_INIT_DENS written by ase-mlrho",
+        pbc=grid.pbc,
+    )
+
+
+# ----------------------------------------------------------------------------- SPARC runs
+def harris_foulkes_energy(
+    atoms,
+    density_e_per_bohr3: np.ndarray,
+    grid: Grid,
+    settings: SparcSettings = SparcSettings(),
+    directory=".",
+    hf: HarrisFoulkesSettings = HarrisFoulkesSettings(),
+    command: str | None = None,
+    timeout_s: float | None = None,
+    label: str = DEFAULT_LABEL,
+) -> HarrisFoulkesResult:
+    """Harris-Foulkes free energy of ``density_e_per_bohr3`` (on ``grid``) for ``atoms``, by one SPARC diagonalisation.
+
+    The density is clipped at 0 and renormalised to the exact valence electron count, written as
+    SPARC's input density, and one SPARC run (``MAXIT_SCF 1``, ``hf.rho_trigger`` CheFSI passes) is
+    made in ``directory``. Returns the energy in Ha and Ha/atom, the first-iteration SCF error and timings.
+    """
+    t0 = time.perf_counter()
+    check_grid(atoms, grid, settings)
+    command = resolve_command(command)  # fail before any work when SPARC is not configured
+    prepared = prepare_density(density_e_per_bohr3, grid, n_valence_electrons(atoms, settings.psp_dir))
+    directory = Path(directory)
+    write_harris_foulkes_input(atoms, directory, settings, hf, DENSITY_INPUT_NAME, label)
+    write_input_density(directory / DENSITY_INPUT_NAME, atoms, prepared.density_e_per_bohr3, grid, settings.psp_dir)
+    t1 = time.perf_counter()
+    run = run_sparc(directory, label, command, timeout_s)
+    t2 = time.perf_counter()
+    return HarrisFoulkesResult(
+        energy_ha=run.free_energy_ha,
+        energy_per_atom_ha=run.free_energy_per_atom_ha,
+        first_scf_error=run.first_scf_error,
+        n_electrons=prepared.n_electrons,
+        electrons_before=prepared.electrons_before,
+        negative_charge=prepared.negative_charge,
+        prepare_s=t1 - t0,
+        sparc_wall_s=t2 - t1,
+        total_s=t2 - t0,
+        run=run,
+    )
+
+
+def warm_start_comparison(
+    atoms,
+    density_e_per_bohr3: np.ndarray,
+    grid: Grid,
+    settings: SparcSettings = SparcSettings(),
+    directory=".",
+    command: str | None = None,
+    timeout_s: float | None = None,
+    rho_trigger: int | None = DEFAULT_RHO_TRIGGER,
+) -> WarmStartComparison:
+    """Full SCF started from the given density vs from SPARC's default guess, same settings and FIX_RAND.
+
+    The warm start uses ``rho_trigger`` first-iteration passes (a good density is wasted on an
+    unconverged first subspace, see :func:`sparc_bridge.inputs.warm_start_parameters`); the default
+    run is SPARC's ordinary start (RHO_TRIGGER 4). Runs in ``directory/warm`` and
+    ``directory/default``; returns both runs (iterations, wall times).
+    """
+    check_grid(atoms, grid, settings)
+    command = resolve_command(command)
+    prepared = prepare_density(density_e_per_bohr3, grid, n_valence_electrons(atoms, settings.psp_dir))
+    directory = Path(directory)
+    warm_dir, default_dir = directory / "warm", directory / "default"
+    write_warm_start_input(atoms, warm_dir, settings, rho_trigger=rho_trigger)
+    write_input_density(warm_dir / DENSITY_INPUT_NAME, atoms, prepared.density_e_per_bohr3, grid, settings.psp_dir)
+    warm = run_sparc(warm_dir, command=command, timeout_s=timeout_s)
+    write_scf_input(atoms, default_dir, settings, print_density=False, fix_rand=1)
+    default = run_sparc(default_dir, command=command, timeout_s=timeout_s)
+    return WarmStartComparison(warm=warm, default=default)
+
+
+# ----------------------------------------------------------------------------- ASE calculator
+class HarrisFoulkesCalculator(Calculator):
+    """ASE calculator: energy = Harris-Foulkes free energy (eV) of the density a provider predicts.
+
+    Parameters
+    ----------
+    density_provider : callable ``atoms -> (Grid, density_e_per_bohr3, uncertainty_summary: dict)``.
+        The grid must be SPARC's grid for the structure (``settings.grid(atoms)``).
+    settings : :class:`SparcSettings` of the SPARC run.
+    hf : :class:`HarrisFoulkesSettings` (RHO_TRIGGER, CHEB_DEGREE, FIX_RAND).
+    directory : each evaluation runs SPARC in a fresh ``directory/hf_NNNN``.
+    command, timeout_s : SPARC command (default: ``ASE_SPARC_COMMAND``) and time limit per run.
+
+    After a calculation, ``results`` holds ``energy`` and ``free_energy`` (eV), and
+    ``last_result`` / ``last_uncertainty`` the full :class:`HarrisFoulkesResult` and the provider's summary.
+    """
+
+    implemented_properties = ["energy", "free_energy"]
+
+    def __init__(
+        self,
+        density_provider: DensityProvider,
+        settings: SparcSettings = SparcSettings(),
+        hf: HarrisFoulkesSettings = HarrisFoulkesSettings(),
+        directory=".",
+        command: str | None = None,
+        timeout_s: float | None = None,
+        **kwargs,
+    ):
+        if not callable(density_provider):
+            raise TypeError("density_provider must be a callable atoms -> (Grid, density_e_per_bohr3, dict)")
+        super().__init__(directory=str(directory), **kwargs)
+        self.density_provider = density_provider
+        self.settings = settings
+        self.hf = hf
+        self.command = command
+        self.timeout_s = timeout_s
+        self.n_runs = 0
+        self.last_result: HarrisFoulkesResult | None = None
+        self.last_uncertainty: dict = {}
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        provided = self.density_provider(self.atoms)
+        if not (isinstance(provided, tuple) and len(provided) == 3):
+            raise TypeError("density_provider must return (Grid, density_e_per_bohr3, uncertainty_summary_dict)")
+        grid, density, uncertainty = provided
+        run_dir = Path(self.directory) / f"hf_{self.n_runs:04d}"
+        self.n_runs += 1
+        result = harris_foulkes_energy(
+            self.atoms, density, grid, self.settings, run_dir, self.hf, self.command, self.timeout_s
+        )
+        self.last_result = result
+        self.last_uncertainty = dict(uncertainty or {})
+        self.results = {"energy": result.energy_ev, "free_energy": result.energy_ev}
