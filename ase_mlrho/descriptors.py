@@ -26,6 +26,7 @@ import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 from ase.units import Bohr
 
+from .angular import n_power_spectrum, power_spectrum
 from .grid import Grid, InvalidStructureError
 from .neighbors import PeriodicNeighbors, validate_positions
 
@@ -47,12 +48,19 @@ class DescriptorSpec:
     m_s : number of those atoms whose neighbourhoods enter Set II (the paper's M_s), 0 <= m_s <= m.
     k : number of neighbours of each such atom in Set II.
     species : chemical symbols, one descriptor block each (order fixes the feature layout).
+    angular_l_max, angular_centers_bohr, angular_width_bohr, angular_cutoff_bohr : Set III, the
+        angular power spectrum of the atoms within the cut-off around x (see :mod:`ase_mlrho.angular`);
+        off (the paper's descriptor) when ``angular_l_max < 0`` or there are no centres.
     """
 
     m: int = 32
     m_s: int = 4
     k: int = 4
     species: tuple[str, ...] = field(default=("Al",))
+    angular_l_max: int = -1
+    angular_centers_bohr: tuple[float, ...] = ()
+    angular_width_bohr: float = 0.5
+    angular_cutoff_bohr: float = 8.0
 
     def __post_init__(self):
         species = (self.species,) if isinstance(self.species, str) else tuple(self.species)
@@ -70,10 +78,21 @@ class DescriptorSpec:
                 raise ValueError(f"unknown chemical symbol {s!r} in the descriptor spec")
         if len(set(species)) != len(species):
             raise ValueError(f"species listed twice: {species}")
+        object.__setattr__(self, "angular_centers_bohr", tuple(float(c) for c in self.angular_centers_bohr))
+        if self.has_angular and not (self.angular_width_bohr > 0 and self.angular_cutoff_bohr > 0):
+            raise ValueError("Set III needs a positive radial width and cut-off")
+
+    @property
+    def has_angular(self) -> bool:
+        return self.angular_l_max >= 0 and len(self.angular_centers_bohr) > 0
+
+    @property
+    def n_angular(self) -> int:
+        return n_power_spectrum(len(self.angular_centers_bohr), self.angular_l_max) if self.has_angular else 0
 
     @property
     def n_per_species(self) -> int:
-        return self.m + self.m_s * self.k
+        return self.m + self.m_s * self.k + self.n_angular
 
     @property
     def n_features(self) -> int:
@@ -84,14 +103,23 @@ class DescriptorSpec:
         for s in self.species:
             names += [f"{s}:d{i}" for i in range(self.m)]
             names += [f"{s}:cos{i}_{j}" for i in range(self.m_s) for j in range(self.k)]
+            names += [f"{s}:ps{i}" for i in range(self.n_angular)]
         return names
 
     def to_dict(self) -> dict:
-        return {"m": int(self.m), "m_s": int(self.m_s), "k": int(self.k), "species": list(self.species)}
+        d = {"m": int(self.m), "m_s": int(self.m_s), "k": int(self.k), "species": list(self.species)}
+        if self.has_angular:
+            d.update(angular_l_max=int(self.angular_l_max), angular_centers_bohr=list(self.angular_centers_bohr),
+                     angular_width_bohr=float(self.angular_width_bohr),
+                     angular_cutoff_bohr=float(self.angular_cutoff_bohr))
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "DescriptorSpec":
-        return cls(m=int(d["m"]), m_s=int(d["m_s"]), k=int(d["k"]), species=tuple(d["species"]))
+        extra = {k: d[k] for k in ("angular_l_max", "angular_width_bohr", "angular_cutoff_bohr") if k in d}
+        if "angular_centers_bohr" in d:
+            extra["angular_centers_bohr"] = tuple(d["angular_centers_bohr"])
+        return cls(m=int(d["m"]), m_s=int(d["m_s"]), k=int(d["k"]), species=tuple(d["species"]), **extra)
 
 
 class Descriptors:
@@ -188,12 +216,36 @@ class Descriptors:
                 out[:, o + spec.m:o + spec.n_per_species] = 0.0
                 continue
             sel, nb = entry
-            # Set II needs displacements up to the M_s-th atom and any atoms tied with it
-            res = nb.query(pts, spec.m, workers=workers, n_displacements=min(spec.m, spec.m_s + _TIE_MARGIN))
+            # Set II needs displacements up to the M_s-th atom and any atoms tied with it; Set III all
+            n_disp = spec.m if spec.has_angular else min(spec.m, spec.m_s + _TIE_MARGIN)
+            res = nb.query(pts, spec.m, workers=workers, n_displacements=n_disp)
             out[:, o:o + spec.m] = res.distances_bohr
+            o2 = o + spec.m + spec.m_s * spec.k
             if spec.m_s:
                 blocks = self._set2_ordered(res.distances_bohr, res.displacements_bohr, sel[res.atom_index])
-                out[:, o + spec.m:o + spec.n_per_species] = blocks.reshape(len(pts), -1)
+                out[:, o + spec.m:o2] = blocks.reshape(len(pts), -1)
+            if spec.has_angular:
+                out[:, o2:o2 + spec.n_angular] = self._set3(nb, pts, res, workers)
+        return out
+
+    def _set3(self, nb, pts, res, workers) -> np.ndarray:
+        """Set III over every atom within the cut-off: points whose M-th neighbour lies inside the
+        cut-off are queried again with more neighbours."""
+        spec = self.spec
+        dist, disp = res.distances_bohr, res.displacements_bohr
+        out = np.empty((len(pts), spec.n_angular))
+        short = np.flatnonzero(dist[:, -1] < spec.angular_cutoff_bohr)
+        full = np.setdiff1d(np.arange(len(pts)), short)
+        args = (spec.angular_centers_bohr, spec.angular_width_bohr, spec.angular_cutoff_bohr, spec.angular_l_max)
+        for part in np.array_split(full, max(1, len(full) // _SET3_BLOCK)):
+            out[part] = power_spectrum(dist[part], disp[part], *args)
+        k = 2 * spec.m
+        while short.size:
+            r = nb.query(pts[short], k, workers=workers)
+            done = r.distances_bohr[:, -1] >= spec.angular_cutoff_bohr
+            if np.any(done):
+                out[short[done]] = power_spectrum(r.distances_bohr[done], r.displacements_bohr[done], *args)
+            short, k = short[~done], 2 * k
         return out
 
     def _set2_ordered(self, dist, disp, atoms) -> np.ndarray:
@@ -254,6 +306,9 @@ class Descriptors:
 
 #: extra displacements kept beyond M_s for atoms tied in distance with the M_s-th one
 _TIE_MARGIN = 12
+
+#: points per block in the Set III evaluation (bounds its (points x neighbours x harmonics) work array)
+_SET3_BLOCK = 4096
 
 #: a point closer than this to an atom is "on" the atom (Set II angle undefined, cosine set to 1)
 _ON_ATOM_BOHR = 1e-8

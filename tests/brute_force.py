@@ -42,3 +42,25 @@ def descriptor(point, positions, numbers, cell, pbc, spec_m, spec_ms, spec_k, sp
                 cos.append(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
             out.extend(sorted(cos, reverse=True))
     return np.array(out)
+
+
+def power_spectrum(point, positions, cell, pbc, centers, width, r_cut, l_max, n_images):
+    """Set III by the pairwise Legendre form: p_nn'l = (2l+1)/4pi sum_ij g_n(d_i) g_n'(d_j) P_l(u_i . u_j),
+    over every image within r_cut (an independent route from the spherical-harmonic sums)."""
+    from scipy.special import eval_legendre
+
+    img, _ = image_list(positions, cell, pbc, n_images)
+    v = img - point
+    d = np.linalg.norm(v, axis=1)
+    keep = d < r_cut
+    v, d = v[keep], d[keep]
+    fc = 0.5 * (1 + np.cos(np.pi * d / r_cut))
+    g = np.exp(-((d[:, None] - np.asarray(centers)) ** 2) / (2 * width ** 2)) * fc[:, None]
+    u = v / d[:, None]
+    cos = np.clip(u @ u.T, -1, 1)
+    iu = np.triu_indices(len(centers))
+    out = []
+    for l in range(l_max + 1):
+        m = g.T @ ((2 * l + 1) / (4 * np.pi) * eval_legendre(l, cos)) @ g
+        out.append(m[iu])
+    return np.concatenate(out)

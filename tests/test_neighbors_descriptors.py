@@ -63,6 +63,23 @@ def test_descriptors_match_brute_force(seed, n_atoms, spec, pbc):
         np.testing.assert_allclose(desc[p], ref, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("seed,n_atoms,m,pbc", [(20, 3, 16, (True, True, True)), (21, 1, 8, (True, True, True)),
+                                              (22, 5, 12, (True, False, True))])
+def test_set3_power_spectrum_matches_pairwise_legendre(seed, n_atoms, m, pbc):
+    """Set III (spherical-harmonic sums, every image within the cut-off even beyond the M nearest)
+    against the pairwise Legendre form with explicit image loops."""
+    rng = np.random.default_rng(seed)
+    cell, pos = random_triclinic(rng, n_atoms, scale=5.0)
+    spec = DescriptorSpec(m=m, m_s=1, k=2, species=("Al",), angular_l_max=5,
+                          angular_centers_bohr=(1.0, 2.5, 4.0), angular_width_bohr=0.8, angular_cutoff_bohr=7.5)
+    pts = rng.uniform(0, 1, (15, 3)) @ cell
+    desc = Descriptors(spec, pos, np.full(n_atoms, 13), cell, pbc).compute_float64(pts)
+    assert desc.shape[1] == spec.n_features == m + 2 + 6 * 6
+    for p, x in enumerate(pts):
+        ref = brute_force.power_spectrum(x, pos, cell, pbc, spec.angular_centers_bohr, 0.8, 7.5, 5, n_images=6)
+        np.testing.assert_allclose(desc[p, m + 2:], ref, rtol=0, atol=1e-10)
+
+
 def _rattled_al(seed=0):
     atoms = bulk("Al", "fcc", a=4.05, cubic=True)
     atoms.rattle(0.1, seed=seed)
@@ -70,8 +87,11 @@ def _rattled_al(seed=0):
     return atoms
 
 
-def test_invariance_rotation_translation_permutation_supercell():
-    spec = DescriptorSpec(m=24, m_s=4, k=4)
+@pytest.mark.parametrize("spec", [
+    DescriptorSpec(m=24, m_s=4, k=4),
+    DescriptorSpec(m=24, m_s=2, k=4, angular_l_max=4, angular_centers_bohr=(1.5, 3.0, 4.5), angular_cutoff_bohr=7.0),
+])
+def test_invariance_rotation_translation_permutation_supercell(spec):
     atoms = _rattled_al()
     rng = np.random.default_rng(5)
     pts_ang = rng.uniform(0, 1, (60, 3)) @ atoms.cell.array
