@@ -1,0 +1,170 @@
+"""What ``mlrho energy``, ``mlrho eos`` and ``mlrho warmstart`` share: options, inputs, run directories.
+
+* Inputs: a SPARC run directory (loaded with :func:`ase_mlrho.data.load_snapshot`, which also
+  gives the reference SCF energy) or any structure file ``ase.io.read`` reads.
+* SPARC: found as sparc-x-api finds it (``ASE_SPARC_COMMAND``, else ``sparc`` on PATH), checked
+  *before* any prediction, so a missing SPARC costs one clear line and no work.
+* Run directories: each invocation works in its own directory (``--workdir``, default a new
+  directory under ``./mlrho-runs/``). A given ``--workdir`` must be new or empty, so results of
+  different runs never mix. The command's report (``mlrho_report.json``) is written atomically and
+  only when the command succeeded; every SPARC run inside has SPARC's own success marker
+  (:data:`sparc_bridge.run.MARKER_NAME`). A directory without the report is not a finished run.
+* Errors: bad input (arguments, structure, model, missing SPARC) exits 2 with one line on stderr;
+  a SPARC run that fails or an EOS that cannot be fitted exits 1 with SPARC's own message.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+#: the command's report, written atomically into the work directory when the command succeeded
+REPORT_NAME = "mlrho_report.json"
+#: parent of the default work directories
+DEFAULT_RUNS_DIR = "mlrho-runs"
+
+EXIT_BAD_INPUT = 2
+EXIT_RUN_FAILED = 1
+
+
+class CommandError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+@dataclass(frozen=True)
+class LoadedInput:
+    """The structure to compute and, for a SPARC run directory, its reference SCF figures (Ha, s)."""
+
+    atoms: object
+    source: str
+    is_run_dir: bool
+    scf_energy_ha_per_atom: float | None = None
+    scf_iterations: int | None = None
+    scf_walltime_s: float | None = None
+    grid_shape: tuple[int, int, int] | None = None
+    snapshot: object = None
+
+
+def add_common_options(p, what: str) -> None:
+    """Options every bridge command takes."""
+    p.add_argument("-m", "--model", default="al-pbe", help="shipped model name or model file (default al-pbe)")
+    p.add_argument("--workdir", metavar="DIR",
+                   help=f"directory for the SPARC runs of this {what} (new or empty; default: a new directory "
+                        f"under ./{DEFAULT_RUNS_DIR}/)")
+    p.add_argument("--index", default="-1", help="frame of a trajectory file (ase.io.read index; default -1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the model's posterior weight samples (default 0)")
+    p.add_argument("--samples", type=int, default=None, help="posterior weight samples (default: the model's)")
+    p.add_argument("--workers", type=int, default=1, help="local processes for the density prediction (default 1)")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="time limit of each SPARC run (default: none)")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object on stdout")
+
+
+def fail(command: str, message) -> int:
+    """One line on stderr, exit status 2."""
+    print(f"mlrho {command}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def run_failed(command: str, message) -> int:
+    """SPARC's own (possibly multi-line) message on stderr, exit status 1."""
+    print(f"mlrho {command}: error: {message}", file=sys.stderr)
+    return EXIT_RUN_FAILED
+
+
+def sparc_command() -> str:
+    """The SPARC command; :class:`CommandError` with how to configure it when there is none."""
+    from sparc_bridge.run import SparcNotFoundError, resolve_command
+
+    try:
+        return resolve_command()
+    except SparcNotFoundError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def load_input(path: str, index: str = "-1") -> LoadedInput:
+    """A SPARC run directory (with its reference SCF energy) or a structure file."""
+    from ase_mlrho.data import SnapshotError, load_snapshot
+
+    p = Path(path)
+    if not p.exists():
+        raise CommandError(f"{path} does not exist")
+    if p.is_dir():
+        try:
+            snap = load_snapshot(p)
+        except SnapshotError as exc:
+            raise CommandError(f"{exc} (give a finished SPARC run directory or a structure file)") from None
+        iterations = walltime = None
+        try:
+            from sparc_bridge.run import parse_run
+
+            ref = parse_run(p)
+            iterations, walltime = ref.n_scf_iterations, ref.sparc_walltime_s
+        except Exception:  # noqa: BLE001 - the reference's timing is a nicety; the energy comes from the snapshot
+            pass
+        e = None if snap.free_energy_ha is None else snap.free_energy_ha / snap.natoms
+        return LoadedInput(snap.atoms, str(p), True, e, iterations, walltime, tuple(snap.grid.shape), snap)
+    from ase.io import read
+
+    try:
+        atoms = read(path, index=index)
+    except Exception as exc:  # noqa: BLE001 - ase.io raises many types for unreadable files
+        raise CommandError(f"cannot read {path} as a structure ({type(exc).__name__}: {exc})") from None
+    if isinstance(atoms, list):
+        raise CommandError(f"--index {index} selects {len(atoms)} frames of {path}; give a single frame")
+    atoms.calc = None
+    return LoadedInput(atoms, str(p), False)
+
+
+def load_checked_model(model_name: str, atoms, psp_dir: str | None = None):
+    """Load the model and refuse a structure it cannot describe (unknown species, other valences)."""
+    from ase_mlrho.grid import InvalidStructureError
+    from ase_mlrho.models import ModelFileError, load_model
+    from sparc_bridge.ml_provider import ModelPseudopotentialMismatchError, check_model_for_structure
+
+    try:
+        model = load_model(model_name)
+        check_model_for_structure(model, atoms, psp_dir)
+    except (ModelFileError, InvalidStructureError, ModelPseudopotentialMismatchError) as exc:
+        raise CommandError(f"{type(exc).__name__}: {exc}") from None
+    return model
+
+
+def make_workdir(workdir: str | None, command: str) -> Path:
+    """``workdir`` (created; must be new or empty) or a new directory under ``./mlrho-runs/``."""
+    if workdir:
+        d = Path(workdir)
+        if d.exists() and (not d.is_dir() or any(d.iterdir())):
+            raise CommandError(f"--workdir {workdir} exists and is not an empty directory; give a new one")
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+    parent = Path(DEFAULT_RUNS_DIR)
+    parent.mkdir(exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-", dir=parent))
+
+
+def write_report(workdir: Path, report: dict) -> Path:
+    """The command's report, atomically: its presence marks a finished command."""
+    from sparc_bridge.density_file import atomic_write
+
+    return atomic_write(workdir / REPORT_NAME, lambda f: json.dump(report, f, indent=1, default=_jsonable))
+
+
+def _jsonable(x):
+    import numpy as np
+
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def print_json(report: dict) -> None:
+    print(json.dumps(report, default=_jsonable))

@@ -1,0 +1,119 @@
+"""``mlrho energy SPARC_DIR_OR_STRUCTURE -m MODEL [--json]``: the Harris-Foulkes energy of the
+predicted density, by one SPARC diagonalisation.
+
+predict (seeded) -> clip, renormalise -> write SPARC's input density -> one SPARC run with
+``MAXIT_SCF 1`` and enough CheFSI passes (``--rho-trigger``) -> the free energy of that density.
+On a SPARC run directory the reference SCF energy is read from the run and the error reported;
+the reference run's own SCF wall time is reported beside the Harris-Foulkes cost.
+
+JSON keys: ``energy_hf_ha_per_atom``, ``energy_scf_ha_per_atom`` and ``error_ha_per_atom``
+(= HF - SCF; both null without a reference), ``scf_error_first_iteration`` (||rho_out - rho_in|| /
+||rho_out|| of the predicted density, a free measure of its quality), ``seconds`` (the whole
+evaluation: prediction + SPARC), and the details: stage timings, the uncertainty summary, the run
+directory.
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import _sparc as common
+
+
+def register(subparsers) -> None:
+    from sparc_bridge.inputs import DEFAULT_RHO_TRIGGER
+
+    p = subparsers.add_parser(
+        "energy", help="Harris-Foulkes energy of the predicted density through SPARC",
+        description="Predict the density of a structure, give it to SPARC as the input density and take the "
+                    "Harris-Foulkes free energy of one diagonalisation (no SCF). On a SPARC run directory the "
+                    "reference SCF energy is read and the error reported (Ha/atom). Needs SPARC: set "
+                    "ASE_SPARC_COMMAND (e.g. 'mpirun -np 2 /path/to/sparc', without -name).")
+    p.add_argument("structure", metavar="SPARC_DIR_OR_STRUCTURE",
+                   help="a finished SPARC run directory (reference energy read) or a structure file")
+    common.add_common_options(p, "evaluation")
+    p.add_argument("--rho-trigger", type=int, default=DEFAULT_RHO_TRIGGER,
+                   help=f"CheFSI passes on the fixed input Hamiltonian (default {DEFAULT_RHO_TRIGGER}, "
+                        "chosen by a convergence check; see sparc_bridge.inputs)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ase.units import Hartree
+
+    from sparc_bridge.harris_foulkes import GridMismatchError, harris_foulkes_energy
+    from sparc_bridge.inputs import HarrisFoulkesSettings
+    from sparc_bridge.ml_provider import MLDensityProvider, MLProviderSettings, sparc_settings_for_model
+    from sparc_bridge.run import SparcNotFoundError, SparcRunError
+
+    name = "energy"
+    try:
+        hf = HarrisFoulkesSettings(rho_trigger=args.rho_trigger)
+        provider_settings = MLProviderSettings(n_samples=args.samples, seed=args.seed, workers=args.workers)
+        command = common.sparc_command()
+        inp = common.load_input(args.structure, args.index)
+        model = common.load_checked_model(args.model, inp.atoms)
+        workdir = common.make_workdir(args.workdir, name)
+    except (common.CommandError, ValueError) as exc:
+        return common.fail(name, exc)
+
+    settings = sparc_settings_for_model(model)
+    provider = MLDensityProvider(model, provider_settings)
+    atoms = inp.atoms
+    t0 = time.perf_counter()
+    try:
+        grid, density, uncertainty = provider(atoms)
+        t_pred = time.perf_counter() - t0
+        result = harris_foulkes_energy(atoms, density, grid, settings, workdir / "hf", hf, command,
+                                       args.timeout)
+    except (SparcRunError, GridMismatchError) as exc:
+        return common.run_failed(name, exc)
+    except SparcNotFoundError as exc:
+        return common.fail(name, exc)
+    except ValueError as exc:  # a prediction that cannot be renormalised
+        return common.run_failed(name, exc)
+    seconds = time.perf_counter() - t0
+
+    e_hf = result.energy_per_atom_ha
+    e_scf = inp.scf_energy_ha_per_atom
+    report = {
+        "structure": inp.source,
+        "natoms": len(atoms),
+        "model": model.name,
+        "energy_hf_ha_per_atom": e_hf,
+        "energy_scf_ha_per_atom": e_scf,
+        "error_ha_per_atom": None if e_scf is None else e_hf - e_scf,
+        "scf_error_first_iteration": result.first_scf_error,
+        "seconds": seconds,
+        "energy_hf_ev": result.energy_ev,
+        "predict_seconds": t_pred,
+        "sparc_seconds": result.sparc_wall_s,
+        "sparc_walltime_s": result.run.sparc_walltime_s,
+        "scf_reference_iterations": inp.scf_iterations,
+        "scf_reference_walltime_s": inp.scf_walltime_s,
+        "rho_trigger": hf.rho_trigger,
+        "grid_shape": list(grid.shape),
+        "reference_grid_shape": None if inp.grid_shape is None else list(inp.grid_shape),
+        "electrons_before_renormalisation": result.electrons_before,
+        "uncertainty": uncertainty,
+        "workdir": str(workdir),
+    }
+    common.write_report(workdir, report)
+    if args.json:
+        common.print_json(report)
+        return 0
+    print(f"structure        {inp.source}: {len(atoms)} atoms, model {model.name}, grid "
+          f"{' x '.join(map(str, grid.shape))}")
+    print(f"E_HF             {e_hf:.10f} Ha/atom ({result.energy_ev:.6f} eV total)")
+    if e_scf is not None:
+        err = e_hf - e_scf
+        print(f"E_SCF reference  {e_scf:.10f} Ha/atom")
+        print(f"error HF - SCF   {err:+.3e} Ha/atom ({err * Hartree * 1000:+.3f} meV/atom)")
+    print(f"SCF error it. 1  {result.first_scf_error:.3e} (||rho_out - rho_in|| / ||rho_out||)")
+    ref = "" if inp.scf_walltime_s is None else \
+        f"; reference SCF {inp.scf_walltime_s:.1f} s, {inp.scf_iterations} iterations"
+    print(f"time             {seconds:.1f} s (prediction {t_pred:.1f} s, SPARC {result.sparc_wall_s:.1f} s){ref}")
+    print(f"sigma total      mean {uncertainty['sigma_total_mean_e_per_bohr3']:.3e}, max "
+          f"{uncertainty['sigma_total_max_e_per_bohr3']:.3e} e/Bohr^3")
+    print(f"run directory    {workdir}")
+    return 0

@@ -1,0 +1,212 @@
+"""``mlrho eos STRUCTURE -m MODEL [--strains ...] [--with-scf | --scf-runs DIR...] [--json] [--plot FILE]``:
+lattice parameter and bulk modulus from ML Harris-Foulkes energies, optionally beside SCF DFT.
+
+Strains are linear fractional changes of the lattice parameter (every cell vector times
+``1 + strain``, atoms following the cell); default -0.025 .. +0.025 in 5 steps. At each strain the
+model predicts the density and SPARC gives its Harris-Foulkes energy (one diagonalisation);
+``ase.eos`` (Birch-Murnaghan by default) fits E(V). ``--with-scf`` runs full SCF at the same strains
+and grids as the reference; ``--scf-runs`` fits finished SPARC runs instead (e.g. the shared
+reference runs at several lattice constants), which costs nothing.
+
+The lattice parameter reported is the conventional cubic one for a cubic crystal, found with
+spglib from the unstrained structure: ``a0 = (n_conv * V0 / natoms) ** (1/3)`` with ``n_conv`` the
+atoms of the conventional cell (fcc 4, bcc 2, diamond 8, ...), so it does not depend on the
+supercell; null for a non-cubic structure. A fit whose minimum falls outside the sampled volumes
+is an error (exit 1), not a warning.
+
+JSON keys: ``ml`` and ``scf`` (null without a reference), each with ``a0_bohr``, ``a0_ang``,
+``v0_bohr3_per_atom``, ``e0_ha_per_atom``, ``bulk_modulus_gpa`` and the points; ``differences``
+(ML - SCF) when both exist; ``seconds``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import _sparc as common
+
+
+def register(subparsers) -> None:
+    from sparc_bridge.eos import DEFAULT_STRAINS
+
+    p = subparsers.add_parser(
+        "eos", help="lattice parameter and bulk modulus from ML Harris-Foulkes energies (SPARC)",
+        description="Scan linear strains of the lattice parameter, take the Harris-Foulkes energy of the predicted "
+                    "density at each through SPARC, and fit an equation of state with ase.eos: V0, E0, bulk "
+                    "modulus, and the conventional cubic lattice parameter for cubic crystals. Needs SPARC "
+                    "(ASE_SPARC_COMMAND).")
+    p.add_argument("structure", metavar="STRUCTURE", help="structure file (or a SPARC run directory) at about the "
+                                                          "equilibrium lattice parameter")
+    common.add_common_options(p, "scan")
+    p.add_argument("--strains", type=float, nargs="+", default=list(DEFAULT_STRAINS), metavar="S",
+                   help="linear fractional changes of the lattice parameter (default -0.025 -0.0125 0 0.0125 0.025)")
+    ref = p.add_mutually_exclusive_group()
+    ref.add_argument("--with-scf", action="store_true", help="also run full SCF at every strain (the reference)")
+    ref.add_argument("--scf-runs", nargs="+", metavar="SPARC_DIR",
+                     help="fit these finished SPARC runs of the same structure as the SCF reference instead")
+    p.add_argument("--eos", default="birchmurnaghan", help="ase.eos form (default birchmurnaghan)")
+    p.add_argument("--rho-trigger", type=int, default=None, help="CheFSI passes of each Harris-Foulkes run "
+                                                                  "(default: sparc_bridge's)")
+    p.add_argument("--plot", metavar="FILE", help="plot E(V) with the fits to FILE (png, pdf, svg)")
+    p.set_defaults(func=run)
+
+
+def conventional_cubic_atoms(atoms, symprec: float = 1e-3) -> int | None:
+    """Atoms in the conventional cell of a cubic crystal (spglib), None when the structure is not cubic."""
+    import warnings
+
+    import spglib
+
+    cell = (np.asarray(atoms.cell), atoms.get_scaled_positions(), atoms.numbers)
+    with warnings.catch_warnings():  # spglib 2.x warns about its own error-handling switch
+        warnings.simplefilter("ignore", DeprecationWarning)
+        dataset = spglib.get_symmetry_dataset(cell, symprec=symprec)
+    if dataset is None or not 195 <= int(dataset.number) <= 230:
+        return None
+    return int(len(dataset.std_types))
+
+
+def _summary(result, n_conv: int | None, points: list[dict] | None) -> dict:
+    from ase.units import Bohr
+
+    v0_per_atom_bohr3 = result.v0_ang3 / result.natoms / Bohr ** 3
+    a0_ang = None if n_conv is None else float((n_conv * result.v0_ang3 / result.natoms) ** (1.0 / 3.0))
+    return {
+        "a0_bohr": None if a0_ang is None else a0_ang / Bohr,
+        "a0_ang": a0_ang,
+        "v0_bohr3_per_atom": v0_per_atom_bohr3,
+        "e0_ha_per_atom": result.e0_per_atom_ha,
+        "bulk_modulus_gpa": result.b_gpa,
+        "eos": result.eos_name,
+        "natoms": result.natoms,
+        "points": points,
+    }
+
+
+def run(args) -> int:
+    from ase.units import Bohr, Hartree
+
+    from sparc_bridge.eos import EOSFitError, eos_from_runs, fit_eos, plot_eos, strained
+    from sparc_bridge.harris_foulkes import GridMismatchError, HarrisFoulkesCalculator
+    from sparc_bridge.inputs import HarrisFoulkesSettings
+    from sparc_bridge.ml_provider import MLDensityProvider, MLProviderSettings, sparc_settings_for_model
+    from sparc_bridge.run import SparcNotFoundError, SparcRunError
+    from sparc_bridge.scf_calculator import SparcSCFCalculator
+
+    name = "eos"
+    try:
+        strains = [float(s) for s in args.strains]
+        if len(strains) < 4:
+            raise ValueError(f"an EOS fit needs at least 4 strains, got {len(strains)}")
+        if len(set(strains)) != len(strains) or min(strains) <= -1:
+            raise ValueError("strains must be distinct and greater than -1")
+        hf = HarrisFoulkesSettings() if args.rho_trigger is None else HarrisFoulkesSettings(rho_trigger=args.rho_trigger)
+        provider_settings = MLProviderSettings(n_samples=args.samples, seed=args.seed, workers=args.workers)
+        command = common.sparc_command()
+        inp = common.load_input(args.structure, args.index)
+        model = common.load_checked_model(args.model, inp.atoms)
+        for d in args.scf_runs or ():
+            if not (Path(d) / "SPARC.out").is_file():
+                raise ValueError(f"--scf-runs: {d} is not a SPARC run directory (no SPARC.out)")
+        workdir = common.make_workdir(args.workdir, name)
+    except (common.CommandError, ValueError) as exc:
+        return common.fail(name, exc)
+
+    atoms = inp.atoms
+    n_conv = conventional_cubic_atoms(atoms)
+    settings = sparc_settings_for_model(model)
+    ml_calc = HarrisFoulkesCalculator(MLDensityProvider(model, provider_settings), settings, hf,
+                                      directory=workdir / "ml", command=command, timeout_s=args.timeout)
+    scf_calc = SparcSCFCalculator(settings, directory=workdir / "scf", command=command,
+                                  timeout_s=args.timeout) if args.with_scf else None
+    t0 = time.perf_counter()
+    ml_points, scf_points = [], []
+    volumes, e_ml, e_scf = [], [], []
+    try:
+        for s in strains:
+            a = strained(atoms, s)
+            a.calc = ml_calc
+            e = float(a.get_potential_energy())
+            r = ml_calc.last_result
+            volumes.append(float(a.get_volume()))
+            e_ml.append(e)
+            ml_points.append({"strain": s, "v_bohr3_per_atom": a.get_volume() / len(a) / Bohr ** 3,
+                              "energy_ha_per_atom": r.energy_per_atom_ha, "scf_error_first_iteration":
+                                  r.first_scf_error, "seconds": r.total_s})
+            if scf_calc is not None:
+                a.calc = scf_calc
+                e_scf.append(float(a.get_potential_energy()))
+                rs = scf_calc.last_result
+                scf_points.append({"strain": s, "v_bohr3_per_atom": a.get_volume() / len(a) / Bohr ** 3,
+                                   "energy_ha_per_atom": rs.free_energy_per_atom_ha,
+                                   "iterations": rs.n_scf_iterations, "seconds": rs.wall_time_s})
+            a.calc = None
+    except (SparcRunError, GridMismatchError, ValueError) as exc:
+        return common.run_failed(name, exc)
+    except SparcNotFoundError as exc:
+        return common.fail(name, exc)
+
+    try:
+        ml = fit_eos(volumes, e_ml, len(atoms), None, args.eos, label="ML-HF")
+        scf = None
+        if scf_calc is not None:
+            scf = fit_eos(volumes, e_scf, len(atoms), None, args.eos, label="SCF")
+        elif args.scf_runs:
+            scf = eos_from_runs(args.scf_runs, None, args.eos, label="SCF runs")
+            scf_points = None
+    except (EOSFitError, SparcRunError) as exc:
+        # the energies were paid for: show them, so a shifted scan can be chosen without rerunning blindly
+        rows = [f"  strain {p['strain']:+.4f}: ML-HF {p['energy_ha_per_atom']:.8f} Ha/atom" for p in ml_points]
+        if scf_points:
+            rows = [r + f", SCF {q['energy_ha_per_atom']:.8f} Ha/atom" for r, q in zip(rows, scf_points)]
+        return common.run_failed(name, f"{exc}\nenergies so far (run directory {workdir}):\n" + "\n".join(rows))
+    seconds = time.perf_counter() - t0
+
+    report = {
+        "structure": inp.source,
+        "natoms": len(atoms),
+        "model": model.name,
+        "conventional_cell_atoms": n_conv,
+        "strains": strains,
+        "ml": _summary(ml, n_conv, ml_points),
+        "scf": None if scf is None else _summary(scf, n_conv, scf_points),
+        "scf_source": "with-scf" if args.with_scf else ("scf-runs" if args.scf_runs else None),
+        "seconds": seconds,
+        "workdir": str(workdir),
+    }
+    if scf is not None:
+        m, s = report["ml"], report["scf"]
+        report["differences"] = {
+            "da0_bohr": None if m["a0_bohr"] is None else m["a0_bohr"] - s["a0_bohr"],
+            "dbulk_modulus_gpa": m["bulk_modulus_gpa"] - s["bulk_modulus_gpa"],
+            "dbulk_modulus_percent": 100 * (m["bulk_modulus_gpa"] / s["bulk_modulus_gpa"] - 1),
+            "dv0_bohr3_per_atom": m["v0_bohr3_per_atom"] - s["v0_bohr3_per_atom"],
+            "de0_ha_per_atom": m["e0_ha_per_atom"] - s["e0_ha_per_atom"],
+        }
+    if args.plot:
+        try:
+            plot_eos({"ML-HF": ml, **({} if scf is None else {scf.label: scf})}, args.plot)
+        except (OSError, ValueError) as exc:
+            return common.run_failed(name, f"cannot write the plot {args.plot}: {exc}")
+        report["plot"] = args.plot
+    common.write_report(workdir, report)
+    if args.json:
+        common.print_json(report)
+        return 0
+    print(f"structure  {inp.source}: {len(atoms)} atoms, model {model.name}, {len(strains)} strains "
+          f"{min(strains):+g} .. {max(strains):+g}")
+    rows = [("ML-HF", report["ml"])] + ([("SCF", report["scf"])] if scf is not None else [])
+    for label, r in rows:
+        a0 = "a0 n/a (not cubic)" if r["a0_bohr"] is None else f"a0 {r['a0_bohr']:.4f} Bohr ({r['a0_ang']:.4f} A)"
+        print(f"{label:6s}     {a0}, B {r['bulk_modulus_gpa']:.2f} GPa, V0 {r['v0_bohr3_per_atom']:.3f} Bohr^3/atom, "
+              f"E0 {r['e0_ha_per_atom']:.8f} Ha/atom")
+    if scf is not None:
+        d = report["differences"]
+        da0 = "" if d["da0_bohr"] is None else f"da0 {d['da0_bohr']:+.4f} Bohr, "
+        print(f"ML - SCF   {da0}dB {d['dbulk_modulus_gpa']:+.2f} GPa ({d['dbulk_modulus_percent']:+.2f} %), "
+              f"dE0 {d['de0_ha_per_atom'] * Hartree * 1000:+.3f} meV/atom")
+    print(f"time       {seconds:.1f} s; run directory {workdir}")
+    return 0

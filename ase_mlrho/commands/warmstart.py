@@ -1,0 +1,104 @@
+"""``mlrho warmstart STRUCTURE_OR_DIR -m MODEL [--json]``: full SCF from the predicted density vs SPARC's
+default guess (superposition of atomic densities).
+
+Both runs use the same settings, grid and ``FIX_RAND``; the warm start reads the predicted density
+(``READ_INIT_DENS``) and converges its first subspace with ``--rho-trigger`` CheFSI passes (a good
+density is wasted on SPARC's default 4 passes from random orbitals, see
+:func:`sparc_bridge.inputs.warm_start_parameters`). Reported: SCF iterations and wall time of both,
+their final energies (which must agree to the SCF tolerance), and on a SPARC run directory the
+reference energy of that run.
+
+JSON keys: ``warm_iterations``, ``default_iterations``, ``warm_wall_s``, ``default_wall_s``,
+``iterations_saved``, ``speedup``, ``warm_energy_per_atom_ha``, ``default_energy_per_atom_ha``,
+``energy_difference_ha_per_atom`` (warm - default), ``warm_scf_error_first_iteration``,
+``predict_seconds``, ``seconds``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import _sparc as common
+
+
+def register(subparsers) -> None:
+    from sparc_bridge.inputs import DEFAULT_RHO_TRIGGER
+
+    p = subparsers.add_parser(
+        "warmstart", help="full SCF from the predicted density vs SPARC's default guess",
+        description="Run SPARC's SCF twice on the same structure: from the predicted density and from SPARC's "
+                    "default guess (atomic superposition), and report iterations and wall time of both. Needs "
+                    "SPARC (ASE_SPARC_COMMAND).")
+    p.add_argument("structure", metavar="STRUCTURE_OR_DIR", help="structure file or a SPARC run directory")
+    common.add_common_options(p, "comparison")
+    p.add_argument("--rho-trigger", type=int, default=DEFAULT_RHO_TRIGGER,
+                   help=f"CheFSI passes of the warm start's first iteration (default {DEFAULT_RHO_TRIGGER})")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from sparc_bridge.harris_foulkes import GridMismatchError, warm_start_comparison
+    from sparc_bridge.ml_provider import MLDensityProvider, MLProviderSettings, sparc_settings_for_model
+    from sparc_bridge.run import SparcNotFoundError, SparcRunError
+
+    name = "warmstart"
+    try:
+        if args.rho_trigger < 1:
+            raise ValueError(f"--rho-trigger must be >= 1, got {args.rho_trigger}")
+        provider_settings = MLProviderSettings(n_samples=args.samples, seed=args.seed, workers=args.workers)
+        command = common.sparc_command()
+        inp = common.load_input(args.structure, args.index)
+        model = common.load_checked_model(args.model, inp.atoms)
+        workdir = common.make_workdir(args.workdir, name)
+    except (common.CommandError, ValueError) as exc:
+        return common.fail(name, exc)
+
+    settings = sparc_settings_for_model(model)
+    t0 = time.perf_counter()
+    try:
+        grid, density, uncertainty = MLDensityProvider(model, provider_settings)(inp.atoms)
+        t_pred = time.perf_counter() - t0
+        cmp = warm_start_comparison(inp.atoms, density, grid, settings, workdir, command, args.timeout,
+                                    rho_trigger=args.rho_trigger)
+    except (SparcRunError, GridMismatchError, ValueError) as exc:
+        return common.run_failed(name, exc)
+    except SparcNotFoundError as exc:
+        return common.fail(name, exc)
+    seconds = time.perf_counter() - t0
+
+    s = cmp.summary()
+    warm_wall = s["warm_wall_s"] + t_pred  # the prediction is part of the warm start's cost
+    report = {
+        "structure": inp.source,
+        "natoms": len(inp.atoms),
+        "model": model.name,
+        **s,
+        "warm_wall_with_prediction_s": warm_wall,
+        "iterations_saved": s["default_iterations"] - s["warm_iterations"],
+        "speedup": s["default_wall_s"] / warm_wall if warm_wall > 0 else None,
+        "energy_difference_ha_per_atom": s["warm_energy_per_atom_ha"] - s["default_energy_per_atom_ha"],
+        "warm_scf_error_first_iteration": cmp.warm.first_scf_error,
+        "default_scf_error_first_iteration": cmp.default.first_scf_error,
+        "warm_converged": cmp.warm.scf_converged,
+        "default_converged": cmp.default.scf_converged,
+        "energy_scf_reference_ha_per_atom": inp.scf_energy_ha_per_atom,
+        "rho_trigger": int(args.rho_trigger),
+        "predict_seconds": t_pred,
+        "seconds": seconds,
+        "uncertainty": uncertainty,
+        "workdir": str(workdir),
+    }
+    common.write_report(workdir, report)
+    if args.json:
+        common.print_json(report)
+        return 0
+    print(f"structure     {inp.source}: {len(inp.atoms)} atoms, model {model.name}")
+    print(f"warm start    {s['warm_iterations']:3d} SCF iterations, {s['warm_wall_s']:.1f} s SPARC "
+          f"(+ {t_pred:.1f} s prediction), first SCF error {cmp.warm.first_scf_error:.2e}")
+    print(f"default guess {s['default_iterations']:3d} SCF iterations, {s['default_wall_s']:.1f} s SPARC, "
+          f"first SCF error {cmp.default.first_scf_error:.2e}")
+    print(f"saved         {report['iterations_saved']} iterations, speed-up x{report['speedup']:.2f} (wall, "
+          "prediction included)")
+    print(f"energies      warm - default {report['energy_difference_ha_per_atom']:+.2e} Ha/atom")
+    print(f"run directory {workdir}")
+    return 0
