@@ -248,3 +248,18 @@ def test_datagen_al4_end_to_end(sparc_command, tmp_path, capsys):
     assert snap.natoms == 4 and snap.grid.shape == (31, 31, 31) and meta["converged"]
     assert meta["wall_s"] > 0 and meta["sparc_version"]
     assert snap.provenance["meta"]["positions_sha256"] == read_manifest(out)["snapshots"][d.name]["positions_sha256"]
+
+
+def test_structure_file_source(tmp_path, fake_sparc):
+    from ase.io import write
+
+    cmd, _ = fake_sparc
+    path = tmp_path / "my_cell.extxyz"
+    write(path, BulkSpec().build())
+    plan = DatagenPlan(temperatures_k=(450.0,), seeds=(9,), structure_file=str(path), md=TINY_MD)
+    report = run_datagen(plan, tmp_path / "data", command=cmd, progress=False)
+    assert report.done == ("my_cell_T=450_seed=9",)
+    manifest = read_manifest(tmp_path / "data")
+    assert manifest["recipe"]["structure"]["sha256"] and manifest["recipe"]["structure"]["file"].endswith(".extxyz")
+    meta = json.loads((tmp_path / "data" / "my_cell_T=450_seed=9" / "meta.json").read_text())
+    assert meta["structure_file"] == str(path) and meta["supercell"] is None and meta["natoms"] == 4

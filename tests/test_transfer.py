@@ -112,6 +112,12 @@ def test_finetune_errors_and_unconverged_exclusion(base_model_path, al4_dir, tmp
     net = load_model(base_model_path).network
     with pytest.raises(ValueError):
         freeze_layers(net, -1)
+    # data at another mesh than the model's is refused with a clear message
+    import dataclasses
+    snap = load_snapshot(al4_dir)
+    coarse = dataclasses.replace(snap, provenance={**snap.provenance, "mesh_spacing_bohr": 0.4})
+    with pytest.raises(ValueError, match="0.4 Bohr mesh"):
+        finetune_model(load_model(base_model_path), [coarse], [snap], 1, TINY, progress=False)
 
 
 def test_divergence_zero_for_identical_and_larger_for_shifted():
