@@ -143,7 +143,9 @@ def load_snapshot(directory, label: str = "SPARC") -> Snapshot:
     provenance = {
         "path": str(directory.resolve()),
         "sparc_version": raw.get("out", {}).get("sparc_version"),
-        "mesh_spacing_bohr": inpt_params.get("MESH_SPACING"),
+        # the nominal mesh: MESH_SPACING when SPARC was given one, else what meta.json records
+        # (runs set up with FD_GRID, e.g. by sparc_bridge.datagen, carry it there)
+        "mesh_spacing_bohr": inpt_params.get("MESH_SPACING", meta.get("mesh_spacing_bohr")),
         "fd_grid": [int(n) for n in fd_grid],
         "meta": meta,
     }

@@ -21,7 +21,7 @@ def _synthetic(n, noise, rng, lo=2.0, hi=4.0):
     return x, y.astype(np.float32)
 
 
-def _fit(noise=0.1, epochs=40, seed=0):
+def _fit(noise=0.1, epochs=25, seed=0):
     rng = np.random.default_rng(seed)
     x, y = _synthetic(4000, noise, rng)
     xv, yv = _synthetic(1000, noise, rng)
