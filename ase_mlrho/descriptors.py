@@ -237,8 +237,10 @@ class Descriptors:
         short = np.flatnonzero(dist[:, -1] < spec.angular_cutoff_bohr)
         full = np.setdiff1d(np.arange(len(pts)), short)
         args = (spec.angular_centers_bohr, spec.angular_width_bohr, spec.angular_cutoff_bohr, spec.angular_l_max)
+        # neighbours are sorted by distance: columns beyond the last one inside the cut-off add nothing
+        k_in = int(np.max(np.sum(dist[full] < spec.angular_cutoff_bohr, axis=1), initial=1))
         for part in np.array_split(full, max(1, len(full) // _SET3_BLOCK)):
-            out[part] = power_spectrum(dist[part], disp[part], *args)
+            out[part] = power_spectrum(dist[part, :k_in], disp[part, :k_in], *args)
         k = 2 * spec.m
         while short.size:
             r = nb.query(pts[short], k, workers=workers)
