@@ -165,9 +165,12 @@ class ChunkPlan:
         chunk_points = int(chunk_points)
         if chunk_points < 1:
             raise ValueError(f"chunk_points must be >= 1, got {chunk_points}")
-        bz = min(nz, chunk_points)
-        by = min(ny, max(1, chunk_points // bz))
-        bx = min(nx, max(1, chunk_points // (by * bz)))
+        def balanced(n, b):  # the same number of pieces, but as equal as possible (no thin last block)
+            return math.ceil(n / math.ceil(n / b))
+
+        bz = balanced(nz, min(nz, chunk_points))
+        by = balanced(ny, min(ny, max(1, chunk_points // bz)))
+        bx = balanced(nx, min(nx, max(1, chunk_points // (by * bz))))
         return cls((nx, ny, nz), (bx, by, bz))
 
     @property
@@ -408,8 +411,16 @@ class _Executor:
             if self.settings.dask_address:
                 self._client = Client(self.settings.dask_address)
             else:
-                self._cluster = LocalCluster(n_workers=self.settings.workers, threads_per_worker=1, processes=True,
-                                             dashboard_address=None, silence_logs=40)
+                import dask
+
+                # Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which fixes glibc's mmap
+                # threshold at 128 kB: every block temporary is then a fresh mmap, and the page faults
+                # doubled the CPU time of a prediction (measured: 4.4 M vs 0.4 M faults, 82 s vs 42 s).
+                # Unset it for the workers of this LocalCluster (a remote cluster: set it to null in the
+                # workers' dask config, distributed.nanny.pre-spawn-environ).
+                with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+                    self._cluster = LocalCluster(n_workers=self.settings.workers, threads_per_worker=1,
+                                                 processes=True, dashboard_address=None, silence_logs=40)
                 self._client = Client(self._cluster)
             self._job_future = self._client.scatter(self.job, broadcast=True, hash=False)
         return self

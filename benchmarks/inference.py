@@ -154,12 +154,14 @@ def spawn_one(n: int, args, executor: str, workers: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def fit_exponent(rows, lo=100, hi=10_000) -> float:
-    sel = [r for r in rows if lo <= r["natoms"] <= hi]
+def fit_exponent(rows, lo=100, hi=10_000, cpu: bool = False) -> float:
+    """Slope of log(time) against log(atoms) for lo <= atoms <= hi. ``cpu``: the time is
+    points / (points per CPU-second), which does not depend on how busy a shared machine is."""
+    sel = [r for r in rows if lo <= r["natoms"] <= hi and (not cpu or "points_per_cpu_second" in r)]
     if len(sel) < 2:
         return float("nan")
     x = np.log([r["natoms"] for r in sel])
-    y = np.log([r["seconds"] for r in sel])
+    y = np.log([r["n_points"] / r["points_per_cpu_second"] if cpu else r["seconds"] for r in sel])
     return float(np.polyfit(x, y, 1)[0])
 
 
@@ -213,7 +215,8 @@ def main(argv=None) -> int:
             sys.stdout.flush()
         print()
         print_table(rows)
-        print(f"scaling exponent of the time, 100-10,000 atoms: {fit_exponent(rows):.3f}")
+        print(f"scaling exponent, 100-10,000 atoms: wall time {fit_exponent(rows):.3f}, "
+              f"CPU time {fit_exponent(rows, cpu=True):.3f}")
         print(f"largest peak RSS: driver {max(r['peak_rss_mib_driver'] for r in rows):.0f} MiB, "
               f"worker {max(r['peak_rss_mib_worker'] for r in rows):.0f} MiB")
     if args.json:

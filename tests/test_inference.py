@@ -87,7 +87,8 @@ def test_chunk_plan_covers_every_node_once():
         assert max(plan.flat_indices(i).size for i in range(plan.n_chunks)) <= max(chunk, 1)
         # blocks are numbered in file order: the first block starts at node 0, the last ends at the last node
         assert plan.flat_indices(0)[0] == 0 and plan.flat_indices(plan.n_chunks - 1)[-1] == np.prod(shape) - 1
-    assert ChunkPlan.for_grid((92, 92, 92), 2 ** 18).block == (30, 92, 92)
+    assert ChunkPlan.for_grid((92, 92, 92), 2 ** 18).block == (23, 92, 92)  # 4 equal slabs, not 30+30+30+2
+    assert ChunkPlan.for_grid((552, 552, 552), 2 ** 18).block == (1, 276, 552)
 
 
 def test_any_chunk_size_gives_the_same_field_and_the_exact_electron_count(toy_model):
