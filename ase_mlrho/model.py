@@ -241,11 +241,13 @@ class DensityNetwork(nn.Module):
         """
         desc_t = torch.as_tensor(np.asarray(desc, dtype=np.float32))
         weight_sets = weight_sets if weight_sets is not None else self.sample_weight_sets(n_samples, seed)
-        h = self.features(desc_t).unsqueeze(0)  # (1, P, F) broadcast over S weight sets
-        for i, (w, b) in enumerate(weight_sets):
-            h = torch.baddbmm(b.unsqueeze(1), h.expand(w.shape[0], -1, -1), w.transpose(1, 2))
-            if i < len(weight_sets) - 1:
-                h = nn.functional.silu(h)
+        x = self.features(desc_t)  # (P, F)
+        w0, b0 = weight_sets[0]
+        n_sets, n_out = w0.shape[0], w0.shape[1]
+        # first layer: one matrix product for all weight sets at once -> (S, P, out)
+        h = (x @ w0.reshape(n_sets * n_out, -1).T).reshape(x.shape[0], n_sets, n_out).transpose(0, 1) + b0.unsqueeze(1)
+        for w, b in weight_sets[1:]:
+            h = torch.baddbmm(b.unsqueeze(1), nn.functional.silu(h), w.transpose(1, 2))
         mu = h[:, :, 0].to(torch.float64)
         sig = nn.functional.softplus(h[:, :, 1]).to(torch.float64) + 1e-4
         s = mu.shape[0]
