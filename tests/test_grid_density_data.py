@@ -10,7 +10,7 @@ import pytest
 from ase_mlrho.data import SnapshotError, load_snapshot, valence_electrons
 from ase_mlrho.grid import Grid, InvalidStructureError, grid_intervals
 from sparc_bridge.density_file import DensityFileError, read_density, write_density
-from tests.conftest import shared_runs
+from tests.conftest import ROOT, shared_runs
 
 
 def _inpt_value(run, key):
@@ -31,7 +31,7 @@ def _latvec(run):
     return np.array([[float(x) for x in lines[i + j].split()] for j in (1, 2, 3)])
 
 
-RUNS = shared_runs()
+RUNS = shared_runs() + sorted(p for p in (ROOT / "data" / "sparc").glob("*") if p.is_dir())
 
 
 @pytest.mark.skipif(not RUNS, reason="shared SPARC data not found next to the repository")
