@@ -22,6 +22,8 @@ import math
 
 import numpy as np
 
+from .threads import torch_threads
+
 __all__ = ["real_spherical_harmonics", "power_spectrum", "cosine_cutoff", "n_power_spectrum"]
 
 
@@ -77,7 +79,12 @@ def power_spectrum(dist: np.ndarray, disp: np.ndarray, centers_bohr, width_bohr:
                    l_max: int) -> np.ndarray:
     """(P, n_power_spectrum) power spectrum from neighbour distances (P, K) and displacement vectors
     (P, K, 3); neighbours beyond r_cut (or padded with inf distance) contribute nothing.
-    Computed in float64 with torch (batched matrix products)."""
+    Computed in float64 with torch (batched matrix products), on one thread (see threads.py)."""
+    with torch_threads(1):
+        return _power_spectrum(dist, disp, centers_bohr, width_bohr, r_cut_bohr, l_max)
+
+
+def _power_spectrum(dist, disp, centers_bohr, width_bohr, r_cut_bohr, l_max):
     import torch
 
     d = torch.as_tensor(np.asarray(dist, dtype=np.float64))

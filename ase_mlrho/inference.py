@@ -31,7 +31,6 @@ Units: everything here is Bohr and electrons/Bohr^3 (SPARC's units). Zarr stores
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -48,6 +47,7 @@ import numpy as np
 
 from .descriptors import Descriptors
 from .grid import Grid, InvalidStructureError
+from .threads import torch_threads
 
 __all__ = [
     "FieldPrediction", "predict_field", "renormalise", "InferenceSettings", "ExecutorSettings", "ChunkPlan",
@@ -273,19 +273,6 @@ def _cached_context(job: _Job) -> _Context:
     return ctx
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    """Run torch with ``n`` threads inside the block, restoring the caller's setting afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @dataclass(frozen=True, eq=False)
 class _Block:
     """One predicted block: raw (unclipped, un-renormalised) mean and sigmas, e/Bohr^3, float64,
@@ -447,7 +434,7 @@ class _Executor:
             if self._ctx is None:
                 self._ctx = _build_context(self.job)
             for i in indices:
-                with _torch_threads(1):
+                with torch_threads(1):
                     block = _predict_block(self._ctx, i)
                 if zarr_path is not None:
                     _write_block_zarr(zarr_path, self.job.plan, block)
