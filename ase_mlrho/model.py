@@ -117,19 +117,23 @@ class RadialBaseline(nn.Module):
     def knots_bohr(self) -> np.ndarray:
         return np.linspace(0.0, self.r_max_bohr, self.table.shape[1])
 
-    def design(self, desc: torch.Tensor) -> torch.Tensor:
-        """(P, n_species * n_knots) linear-interpolation weights, so baseline = design @ table.ravel()."""
+    def _knots(self, desc: torch.Tensor, b: int):
+        """For species block b: knot index i0 (P, M), weight of knot i0+1 (P, M), inside-cut-off mask."""
         n_knots = self.table.shape[1]
         h = self.r_max_bohr / (n_knots - 1)
+        o = b * self.spec.n_per_species
+        d = desc[:, o:o + self.spec.m].to(torch.float64)
+        t = torch.clamp(d / h, 0.0, n_knots - 1.0)
+        i0 = torch.clamp(torch.floor(t).long(), max=n_knots - 2)
+        return i0, t - i0, d < self.r_max_bohr
+
+    def design(self, desc: torch.Tensor) -> torch.Tensor:
+        """(P, n_species * n_knots) linear-interpolation weights, so baseline = design @ table.ravel()."""
         blocks = []
         for b in range(len(self.spec.species)):
-            o = b * self.spec.n_per_species
-            d = desc[:, o:o + self.spec.m].to(torch.float64)
-            t = torch.clamp(d / h, 0.0, n_knots - 1.0)
-            i0 = torch.clamp(torch.floor(t).long(), max=n_knots - 2)
-            frac = t - i0
-            inside = (d < self.r_max_bohr).to(torch.float64)
-            w = torch.zeros(d.shape[0], n_knots, dtype=torch.float64)
+            i0, frac, inside = self._knots(desc, b)
+            inside = inside.to(torch.float64)
+            w = torch.zeros(desc.shape[0], self.table.shape[1], dtype=torch.float64)
             w.scatter_add_(1, i0, (1.0 - frac) * inside)
             w.scatter_add_(1, i0 + 1, frac * inside)
             blocks.append(w)
@@ -137,18 +141,12 @@ class RadialBaseline(nn.Module):
 
     def forward(self, desc: torch.Tensor) -> torch.Tensor:
         """Baseline density at each point (float64), by direct interpolation (same as design @ table)."""
-        n_knots = self.table.shape[1]
-        h = self.r_max_bohr / (n_knots - 1)
         total = torch.zeros(desc.shape[0], dtype=torch.float64)
         for b in range(len(self.spec.species)):
-            o = b * self.spec.n_per_species
-            d = desc[:, o:o + self.spec.m].to(torch.float64)
-            t = torch.clamp(d / h, 0.0, n_knots - 1.0)
-            i0 = torch.clamp(torch.floor(t).long(), max=n_knots - 2)
-            frac = t - i0
+            i0, frac, inside = self._knots(desc, b)
             table = self.table[b]
             value = table[i0] * (1.0 - frac) + table[i0 + 1] * frac
-            total += torch.where(d < self.r_max_bohr, value, torch.zeros_like(value)).sum(dim=1)
+            total += torch.where(inside, value, torch.zeros_like(value)).sum(dim=1)
         return total
 
 

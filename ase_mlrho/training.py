@@ -147,19 +147,7 @@ def train_model(train_snapshots, val_snapshots, spec: DescriptorSpec, net_config
     metadata = {
         "name": name,
         "n_samples": config.n_samples,
-        "calibration": {
-            "method": "NLL-optimal factor on the total sigma, fitted on the validation snapshots",
-            "sigma_scale": scale,
-            "validation_coverage_1sigma": coverage(err, sig_total, 1),
-            "validation_coverage_3sigma": coverage(err, sig_total, 3),
-            "validation_miscalibration_area": miscalibration_area(err, sig_total),
-        },
-        "epistemic_sigma_validation": {
-            "mean_e_per_bohr3": float(np.mean(epi)),
-            "p99_e_per_bohr3": float(np.percentile(epi, 99)),
-            "p999_e_per_bohr3": float(np.percentile(epi, 99.9)),
-            "max_e_per_bohr3": float(np.max(epi)),
-        },
+        **validation_uncertainty_metadata(err, sig_total, epi, CALIBRATION_METHOD, scale),
         "training": {
             "train_snapshots": [_provenance(s) for s in train_snapshots],
             "validation_snapshots": [_provenance(s) for s in val_snapshots],
@@ -226,6 +214,29 @@ def optimise(network: DensityNetwork, x_tr, y_tr, x_va, y_va, config: TrainingCo
     network.load_state_dict(best[1])
     network.eval()
     return history, best[2]
+
+
+CALIBRATION_METHOD = "NLL-optimal factor on the total sigma, fitted on the validation snapshots"
+
+
+def validation_uncertainty_metadata(err, sigma_total, sigma_epistemic, method: str, scale: float) -> dict:
+    """The model file's ``calibration`` and ``epistemic_sigma_validation`` entries, from the
+    (calibrated) errors and sigmas on the validation snapshots, e/Bohr^3."""
+    return {
+        "calibration": {
+            "method": method,
+            "sigma_scale": scale,
+            "validation_coverage_1sigma": coverage(err, sigma_total, 1),
+            "validation_coverage_3sigma": coverage(err, sigma_total, 3),
+            "validation_miscalibration_area": miscalibration_area(err, sigma_total),
+        },
+        "epistemic_sigma_validation": {
+            "mean_e_per_bohr3": float(np.mean(sigma_epistemic)),
+            "p99_e_per_bohr3": float(np.percentile(sigma_epistemic, 99)),
+            "p999_e_per_bohr3": float(np.percentile(sigma_epistemic, 99.9)),
+            "max_e_per_bohr3": float(np.max(sigma_epistemic)),
+        },
+    }
 
 
 def _provenance(snapshot) -> dict:

@@ -30,8 +30,8 @@ import torch
 
 from .descriptors import DescriptorSpec
 from .models import MLRhoModel, _tensors, weights_sha256
-from .training import TrainingConfig, build_dataset, optimise
-from .uncertainty import calibration_scale, coverage, miscalibration_area
+from .training import TrainingConfig, build_dataset, optimise, validation_uncertainty_metadata
+from .uncertainty import calibration_scale
 
 __all__ = [
     "FINETUNE_DEFAULTS",
@@ -164,20 +164,7 @@ def finetune_model(base: MLRhoModel, train_snapshots, val_snapshots, n_frozen: i
     metadata.update({
         "name": name,
         "n_samples": base_meta.get("n_samples", config.n_samples),
-        "calibration": {
-            "method": method,
-            "sigma_scale": scale,
-            "base_sigma_scale": float(base.network.sigma_scale),
-            "validation_coverage_1sigma": coverage(err, sig_total, 1),
-            "validation_coverage_3sigma": coverage(err, sig_total, 3),
-            "validation_miscalibration_area": miscalibration_area(err, sig_total),
-        },
-        "epistemic_sigma_validation": {
-            "mean_e_per_bohr3": float(np.mean(epi)),
-            "p99_e_per_bohr3": float(np.percentile(epi, 99)),
-            "p999_e_per_bohr3": float(np.percentile(epi, 99.9)),
-            "max_e_per_bohr3": float(np.max(epi)),
-        },
+        **validation_uncertainty_metadata(err, sig_total, epi, method, scale),
         "training": {
             "kind": "finetune",
             "train_snapshots": [_snapshot_record(s) for s in train_snapshots],
@@ -192,6 +179,7 @@ def finetune_model(base: MLRhoModel, train_snapshots, val_snapshots, n_frozen: i
         "base_training": base_meta.get("training", {}),
         "lineage": list(copy.deepcopy(base_meta.get("lineage", []))) + [lineage_entry],
     })
+    metadata["calibration"]["base_sigma_scale"] = float(base.network.sigma_scale)
     metadata.update(extra_metadata or {})
     network.eval()
     return MLRhoModel(network, metadata)
