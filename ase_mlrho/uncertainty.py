@@ -25,7 +25,9 @@ def combine_sigmas(sigma_aleatoric, sigma_epistemic):
 
 
 def _z(error, sigma):
-    return np.abs(np.asarray(error, dtype=np.float64)) / np.maximum(np.asarray(sigma, dtype=np.float64), 1e-300)
+    """|error| / sigma as a flat array (fields of any shape pool all their points)."""
+    e = np.ravel(np.asarray(error, dtype=np.float64))
+    return np.abs(e) / np.maximum(np.ravel(np.asarray(sigma, dtype=np.float64)), 1e-300)
 
 
 def coverage(error, sigma, k: float) -> float:

@@ -49,6 +49,13 @@ def test_evaluate_json_matches_direct_numpy(toy_model, al4_dir, capsys):
     assert report["overall"]["eps_rho_percent"] == pytest.approx(eps, rel=1e-9)
 
 
+def test_evaluate_plots(toy_model, al4_dir, tmp_path, capsys):
+    assert main(["evaluate", "-m", str(toy_model), str(al4_dir), "--plot", str(tmp_path / "plots")]) == 0
+    assert "al4" in capsys.readouterr().out
+    for name in ("al4_slice.png", "al4_reliability.png"):
+        assert (tmp_path / "plots" / name).stat().st_size > 10_000
+
+
 def test_model_file_records_how_it_was_made(toy_model):
     meta = load_model(toy_model).metadata
     assert meta["descriptor_spec"] == {"m": 12, "m_s": 2, "k": 3, "species": ["Al"]}
