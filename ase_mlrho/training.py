@@ -110,10 +110,11 @@ def _fit_scalers(network: DensityNetwork, desc: np.ndarray, rho: np.ndarray) -> 
         network.y_std.copy_(torch.clamp(resid.std(), min=1e-12))
 
 
-def _validation_nll(network: DensityNetwork, x: torch.Tensor, y: torch.Tensor) -> float:
+def _validation_scores(network: DensityNetwork, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Validation (mean absolute error, Gaussian NLL) of the posterior-mean network, standardised units."""
     with torch.no_grad():
         mu, sig = network(x, sample=False)
-        return float(torch.mean(torch.log(sig) + 0.5 * ((y - mu) / sig) ** 2))
+        return float(torch.mean(torch.abs(y - mu))), float(torch.mean(torch.log(sig) + 0.5 * ((y - mu) / sig) ** 2))
 
 
 def train_model(train_snapshots, val_snapshots, spec: DescriptorSpec, net_config: NetworkConfig = NetworkConfig(),
@@ -168,7 +169,9 @@ def train_model(train_snapshots, val_snapshots, spec: DescriptorSpec, net_config
 def optimise(network: DensityNetwork, x_tr, y_tr, x_va, y_va, config: TrainingConfig, name: str = "model",
              checkpoint=None, progress: bool = False, log=None) -> tuple[list, int]:
     """Minimise the ELBO loss  mean NLL + kl_weight * KL / N  on standardised targets ``y_tr``;
-    keep the state with the lowest validation NLL (posterior-mean weights). Returns (history, best epoch)."""
+    keep the state with the lowest validation mean absolute error of the posterior-mean network
+    (the error users see, eps, is an L1 norm; the validation NLL also rewards sigmas that the
+    calibration step re-scales afterwards, and picked under-trained states). Returns (history, best epoch)."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     torch.manual_seed(config.seed)
     n_train = len(y_tr)
@@ -200,16 +203,16 @@ def optimise(network: DensityNetwork, x_tr, y_tr, x_va, y_va, config: TrainingCo
             sched.step()
             total += float(loss.detach()) * len(idx)
         network.eval()
-        val_nll = _validation_nll(network, x_va, y_va)
-        history.append({"epoch": epoch, "train_loss": total / n_train, "val_nll": val_nll})
+        val_mae, val_nll = _validation_scores(network, x_va, y_va)
+        history.append({"epoch": epoch, "train_loss": total / n_train, "val_mae": val_mae, "val_nll": val_nll})
         if progress:
-            epochs.set_postfix(loss=f"{total / n_train:.3f}", val_nll=f"{val_nll:.3f}")
-        if val_nll < best[0]:
-            best = (val_nll, copy.deepcopy(network.state_dict()), epoch)
+            epochs.set_postfix(loss=f"{total / n_train:.3f}", val_mae=f"{val_mae:.4f}", val_nll=f"{val_nll:.3f}")
+        if val_mae < best[0]:
+            best = (val_mae, copy.deepcopy(network.state_dict()), epoch)
             if checkpoint is not None:
-                _save_checkpoint(network, checkpoint, name, epoch, val_nll)
+                _save_checkpoint(network, checkpoint, name, epoch, val_mae)
         elif epoch - best[2] >= config.patience:
-            log(f"early stop at epoch {epoch}: best validation NLL {best[0]:.4f} at epoch {best[2]}")
+            log(f"early stop at epoch {epoch}: best validation MAE {best[0]:.4f} at epoch {best[2]}")
             break
     network.load_state_dict(best[1])
     network.eval()
@@ -255,9 +258,9 @@ def _species_metadata(spec, snapshots) -> dict:
     return {"valence_electrons": {s: valence_electrons(s) for s in spec.species}, "mesh_spacing_bohr": float(mesh)}
 
 
-def _save_checkpoint(network, path, name, epoch, val_nll) -> None:
+def _save_checkpoint(network, path, name, epoch, val_mae) -> None:
     from .models import save_model
 
-    meta = {"name": f"{name}-checkpoint", "checkpoint": {"epoch": epoch, "val_nll": val_nll},
+    meta = {"name": f"{name}-checkpoint", "checkpoint": {"epoch": epoch, "val_mae": val_mae},
             "valence_electrons": {}, "mesh_spacing_bohr": 0.0}
     save_model(MLRhoModel(copy.deepcopy(network), meta), path)
