@@ -30,8 +30,8 @@ import torch
 
 from .descriptors import DescriptorSpec
 from .models import MLRhoModel, _tensors, weights_sha256
-from .training import TrainingConfig, build_dataset, optimise, validation_uncertainty_metadata
-from .uncertainty import calibration_scale
+from .training import (CALIBRATION_METHOD, TrainingConfig, build_dataset, calibrate, optimise,
+                       validation_uncertainty_metadata)
 
 __all__ = [
     "FINETUNE_DEFAULTS",
@@ -49,8 +49,8 @@ __all__ = [
 #: trainable layers adapt without forgetting (the paper fine-tunes the later layers briefly).
 FINETUNE_DEFAULTS = TrainingConfig(epochs=30, learning_rate=1e-3, patience=8)
 
-#: The one calibration method ase-mlrho knows (see :func:`ase_mlrho.training.train_model`).
-_CALIBRATION_METHOD = "NLL-optimal factor on the total sigma, fitted on the validation snapshots"
+#: The one calibration method ase-mlrho knows (see :func:`ase_mlrho.training.calibrate`).
+_CALIBRATION_METHOD = CALIBRATION_METHOD
 _PARAM_NAMES = ("weight_mu", "bias_mu", "weight_rho", "bias_rho")
 
 
@@ -134,12 +134,7 @@ def finetune_model(base: MLRhoModel, train_snapshots, val_snapshots, n_frozen: i
         p.requires_grad_(True)
 
     # re-fit the calibration factor by the base model's method, on the fine-tuning validation snapshots
-    network.sigma_scale.fill_(1.0)
-    pred = network.predict(val.desc, n_samples=config.n_samples, seed=config.seed)
-    err = pred.mean - val.rho
-    scale = calibration_scale(err, pred.sigma_total)
-    network.sigma_scale.fill_(scale)
-    sig_total, epi = pred.sigma_total * scale, pred.sigma_epistemic * scale
+    scale, err, sig_total, epi = calibrate(network, val, config)
 
     base_meta = base.metadata
     lineage_entry = {

@@ -15,6 +15,7 @@ from scipy.special import erf, erfinv
 
 __all__ = [
     "coverage", "miscalibration_area", "gaussian_nll", "sharpness", "calibration_scale",
+    "tail_calibration_scale", "calibrated_scale", "expected_coverage",
     "reliability_curve", "plot_reliability", "combine_sigmas",
 ]
 
@@ -67,6 +68,19 @@ def calibration_scale(error, sigma) -> float:
     c^2 = mean((error / sigma)^2). Fitted on validation snapshots, never on test data."""
     z = np.asarray(error, dtype=np.float64) / np.maximum(np.asarray(sigma, dtype=np.float64), 1e-300)
     return float(np.sqrt(np.mean(z * z)))
+
+
+def tail_calibration_scale(error, sigma, k: float = 3.0) -> float:
+    """The factor c at which the +/- k (c sigma) interval covers the Gaussian share erf(k/sqrt 2)
+    of the points (99.73 % at k = 3): the empirical quantile of |error|/sigma, divided by k."""
+    return float(np.quantile(_z(error, sigma), expected_coverage(k)) / k)
+
+
+def calibrated_scale(error, sigma, k: float = 3.0) -> float:
+    """The calibration factor used for shipped models: the NLL-optimal factor, raised where needed
+    so that the +/- k sigma interval covers as often as a Gaussian's would. Density errors have
+    heavier tails than a Gaussian, and users read the +/- 3 sigma band as a near-certain bound."""
+    return max(calibration_scale(error, sigma), tail_calibration_scale(error, sigma, k))
 
 
 def expected_coverage(k: float) -> float:

@@ -10,7 +10,7 @@ from ase_mlrho.descriptors import DescriptorSpec, UnknownSpeciesError
 from ase_mlrho.model import DensityNetwork, NetworkConfig
 from ase_mlrho.models import MLRhoModel, ModelFileError, load_model, save_model
 from ase_mlrho.training import TrainingConfig, optimise
-from ase_mlrho.uncertainty import calibration_scale, coverage, gaussian_nll, miscalibration_area
+from ase_mlrho.uncertainty import calibrated_scale, calibration_scale, coverage, gaussian_nll, miscalibration_area
 
 SPEC = DescriptorSpec(m=1, m_s=0, k=1, species=("Al",))  # one input feature: a distance
 
@@ -83,6 +83,11 @@ def test_uncertainty_metrics_against_analytic_values():
     assert miscalibration_area(err, sigma) < 0.005
     assert abs(gaussian_nll(err, sigma) - (0.5 * np.log(2 * np.pi * 0.25) + 0.5)) < 0.01
     assert abs(calibration_scale(2 * err, sigma) - 2.0) < 0.01
+    # heavy tails: the tail factor makes +/- 3 sigma cover like a Gaussian's 99.73 %
+    t_err = rng.standard_t(4, sigma.size) * 0.5
+    assert coverage(t_err, sigma * calibration_scale(t_err, sigma), 3) < 0.99
+    assert abs(coverage(t_err, sigma * calibrated_scale(t_err, sigma), 3) - 0.9973) < 0.0005
+    assert calibrated_scale(err, sigma) == pytest.approx(calibration_scale(err, sigma), rel=0.02)
     # overconfident by a factor 2: coverage of 1 sigma is that of 0.5 sigma, area large
     assert abs(coverage(2 * err, sigma, 1) - 0.3829) < 0.005
     assert miscalibration_area(2 * err, sigma) > 0.1
