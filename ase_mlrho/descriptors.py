@@ -289,8 +289,8 @@ class Descriptors:
         cand = self._candidates[atoms]  # (P, Ms, C, 3)
         d_j = d_i[:, :, None, :] + cand
         num = np.einsum("pmd,pmcd->pmc", d_i, d_j)
-        norm_i = np.linalg.norm(d_i, axis=-1)
-        norm_j = np.linalg.norm(d_j, axis=-1)
+        norm_i = np.sqrt(np.einsum("pmd,pmd->pm", d_i, d_i))
+        norm_j = np.sqrt(np.einsum("pmcd,pmcd->pmc", d_j, d_j))
         with np.errstate(invalid="ignore", divide="ignore"):
             cos = num / (norm_i[:, :, None] * norm_j)
         # a grid point on top of an atom (r_i = x or r_j = x): the angle is undefined; use 1
