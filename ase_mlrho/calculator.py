@@ -40,7 +40,6 @@ Structures the calculator refuses or changes, and why:
 
 from __future__ import annotations
 
-import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.units import Bohr
 

@@ -27,7 +27,6 @@ training by :func:`training_directories` / :func:`load_training_snapshots` unles
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import importlib
 import json

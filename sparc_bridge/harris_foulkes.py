@@ -18,7 +18,7 @@ such provider, SPARC's own converged density another (used in the tests).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 

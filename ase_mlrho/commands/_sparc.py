@@ -134,6 +134,32 @@ def load_checked_model(model_name: str, atoms, psp_dir: str | None = None):
     return model
 
 
+@dataclass
+class PreparedRun:
+    """What energy / eos / warmstart all need before SPARC runs."""
+
+    command: str
+    inp: LoadedInput
+    model: object
+    provider_settings: object
+    workdir: Path
+
+
+def prepare_run(args, name: str, check=None) -> PreparedRun:
+    """SPARC's command, the structure, the model checked against it, the ML provider settings and a
+    fresh work directory, in that order; ``check()`` (command-specific input checks that may raise
+    ValueError) runs before the work directory is made. Raises CommandError or ValueError."""
+    from sparc_bridge.ml_provider import MLProviderSettings
+
+    provider_settings = MLProviderSettings(n_samples=args.samples, seed=args.seed, workers=args.workers)
+    command = sparc_command()
+    inp = load_input(args.structure, args.index)
+    model = load_checked_model(args.model, inp.atoms)
+    if check is not None:
+        check()
+    return PreparedRun(command, inp, model, provider_settings, make_workdir(args.workdir, name))
+
+
 def make_workdir(workdir: str | None, command: str) -> Path:
     """``workdir`` (created; must be new or empty) or a new directory under ``./mlrho-runs/``."""
     if workdir:

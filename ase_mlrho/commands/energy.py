@@ -43,19 +43,17 @@ def run(args) -> int:
 
     from sparc_bridge.harris_foulkes import GridMismatchError, harris_foulkes_energy
     from sparc_bridge.inputs import HarrisFoulkesSettings
-    from sparc_bridge.ml_provider import MLDensityProvider, MLProviderSettings, sparc_settings_for_model
+    from sparc_bridge.ml_provider import MLDensityProvider, sparc_settings_for_model
     from sparc_bridge.run import SparcNotFoundError, SparcRunError
 
     name = "energy"
     try:
         hf = HarrisFoulkesSettings(rho_trigger=args.rho_trigger)
-        provider_settings = MLProviderSettings(n_samples=args.samples, seed=args.seed, workers=args.workers)
-        command = common.sparc_command()
-        inp = common.load_input(args.structure, args.index)
-        model = common.load_checked_model(args.model, inp.atoms)
-        workdir = common.make_workdir(args.workdir, name)
+        prep = common.prepare_run(args, name)
     except (common.CommandError, ValueError) as exc:
         return common.fail(name, exc)
+    command, inp, model, provider_settings, workdir = (prep.command, prep.inp, prep.model, prep.provider_settings,
+                                                       prep.workdir)
 
     settings = sparc_settings_for_model(model)
     provider = MLDensityProvider(model, provider_settings)

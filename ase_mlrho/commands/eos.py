@@ -92,7 +92,7 @@ def run(args) -> int:
     from sparc_bridge.eos import EOSFitError, eos_from_runs, fit_eos, plot_eos, strained
     from sparc_bridge.harris_foulkes import GridMismatchError, HarrisFoulkesCalculator
     from sparc_bridge.inputs import HarrisFoulkesSettings
-    from sparc_bridge.ml_provider import MLDensityProvider, MLProviderSettings, sparc_settings_for_model
+    from sparc_bridge.ml_provider import MLDensityProvider, sparc_settings_for_model
     from sparc_bridge.run import SparcNotFoundError, SparcRunError
     from sparc_bridge.scf_calculator import SparcSCFCalculator
 
@@ -104,16 +104,17 @@ def run(args) -> int:
         if len(set(strains)) != len(strains) or min(strains) <= -1:
             raise ValueError("strains must be distinct and greater than -1")
         hf = HarrisFoulkesSettings() if args.rho_trigger is None else HarrisFoulkesSettings(rho_trigger=args.rho_trigger)
-        provider_settings = MLProviderSettings(n_samples=args.samples, seed=args.seed, workers=args.workers)
-        command = common.sparc_command()
-        inp = common.load_input(args.structure, args.index)
-        model = common.load_checked_model(args.model, inp.atoms)
-        for d in args.scf_runs or ():
-            if not (Path(d) / "SPARC.out").is_file():
-                raise ValueError(f"--scf-runs: {d} is not a SPARC run directory (no SPARC.out)")
-        workdir = common.make_workdir(args.workdir, name)
+
+        def check_scf_runs():
+            for d in args.scf_runs or ():
+                if not (Path(d) / "SPARC.out").is_file():
+                    raise ValueError(f"--scf-runs: {d} is not a SPARC run directory (no SPARC.out)")
+
+        prep = common.prepare_run(args, name, check_scf_runs)
     except (common.CommandError, ValueError) as exc:
         return common.fail(name, exc)
+    command, inp, model, provider_settings, workdir = (prep.command, prep.inp, prep.model, prep.provider_settings,
+                                                       prep.workdir)
 
     atoms = inp.atoms
     n_conv = conventional_cubic_atoms(atoms)

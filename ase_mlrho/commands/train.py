@@ -32,7 +32,6 @@ def register(subparsers) -> None:
 
 
 def _configs(args):
-    from ..descriptors import DescriptorSpec
     from ..model import NetworkConfig
     from ..training import TrainingConfig
 
