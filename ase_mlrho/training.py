@@ -32,7 +32,7 @@ from .model import DensityNetwork, NetworkConfig
 from .models import MLRhoModel
 from .uncertainty import calibrated_scale, coverage, miscalibration_area
 
-__all__ = ["TrainingConfig", "Dataset", "build_dataset", "train_model", "fit_baseline"]
+__all__ = ["TrainingConfig", "Dataset", "build_dataset", "train_model", "fit_baseline", "split_by_snapshot"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,16 @@ def build_dataset(snapshots, spec: DescriptorSpec, points_per_snapshot: int, see
         ids.append(np.full(idx.size, i))
     return Dataset(np.concatenate(descs), np.concatenate(rhos), np.concatenate(ids),
                    tuple(s.name for s in snapshots))
+
+
+def split_by_snapshot(snapshots, seed: int) -> tuple[list, list]:
+    """(train, validation): a seeded fifth of the snapshots (at least one) for validation, whole
+    snapshots only (neighbouring grid points are nearly identical, so a point-wise split leaks)."""
+    if len(snapshots) < 2:
+        raise ValueError("need at least two snapshots (or --val) to split validation by snapshot")
+    order = np.random.default_rng(seed).permutation(len(snapshots))
+    n_val = max(1, len(snapshots) // 5)
+    return [snapshots[i] for i in sorted(order[n_val:])], [snapshots[i] for i in sorted(order[:n_val])]
 
 
 def fit_baseline(network: DensityNetwork, desc: np.ndarray, rho: np.ndarray, ridge: float) -> None:

@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 #: the command's report, written atomically into the work directory when the command succeeded
 REPORT_NAME = "mlrho_report.json"
@@ -108,14 +109,12 @@ def load_input(path: str, index: str = "-1") -> LoadedInput:
             pass
         e = None if snap.free_energy_ha is None else snap.free_energy_ha / snap.natoms
         return LoadedInput(snap.atoms, str(p), True, e, iterations, walltime, tuple(snap.grid.shape), snap)
-    from ase.io import read
+    from .predict import read_structure
 
     try:
-        atoms = read(path, index=index)
-    except Exception as exc:  # noqa: BLE001 - ase.io raises many types for unreadable files
-        raise CommandError(f"cannot read {path} as a structure ({type(exc).__name__}: {exc})") from None
-    if isinstance(atoms, list):
-        raise CommandError(f"--index {index} selects {len(atoms)} frames of {path}; give a single frame")
+        atoms = read_structure(path, index)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     atoms.calc = None
     return LoadedInput(atoms, str(p), False)
 
@@ -134,8 +133,7 @@ def load_checked_model(model_name: str, atoms, psp_dir: str | None = None):
     return model
 
 
-@dataclass
-class PreparedRun:
+class PreparedRun(NamedTuple):
     """What energy / eos / warmstart all need before SPARC runs."""
 
     command: str

@@ -49,11 +49,9 @@ def run(args) -> int:
     name = "energy"
     try:
         hf = HarrisFoulkesSettings(rho_trigger=args.rho_trigger)
-        prep = common.prepare_run(args, name)
+        command, inp, model, provider_settings, workdir = common.prepare_run(args, name)
     except (common.CommandError, ValueError) as exc:
         return common.fail(name, exc)
-    command, inp, model, provider_settings, workdir = (prep.command, prep.inp, prep.model, prep.provider_settings,
-                                                       prep.workdir)
 
     settings = sparc_settings_for_model(model)
     provider = MLDensityProvider(model, provider_settings)

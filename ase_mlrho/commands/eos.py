@@ -110,11 +110,9 @@ def run(args) -> int:
                 if not (Path(d) / "SPARC.out").is_file():
                     raise ValueError(f"--scf-runs: {d} is not a SPARC run directory (no SPARC.out)")
 
-        prep = common.prepare_run(args, name, check_scf_runs)
+        command, inp, model, provider_settings, workdir = common.prepare_run(args, name, check_scf_runs)
     except (common.CommandError, ValueError) as exc:
         return common.fail(name, exc)
-    command, inp, model, provider_settings, workdir = (prep.command, prep.inp, prep.model, prep.provider_settings,
-                                                       prep.workdir)
 
     atoms = inp.atoms
     n_conv = conventional_cubic_atoms(atoms)

@@ -48,12 +48,12 @@ def _usable(dirs, include_unconverged: bool) -> tuple[list[str], list[str]]:
 
 
 def run(args) -> int:
-    import numpy as np
     from dataclasses import replace
 
     from ..data import SnapshotError, load_snapshot
     from ..descriptors import UnknownSpeciesError
     from ..models import ModelFileError, load_model, resolve_model_path, save_model
+    from ..training import split_by_snapshot
     from ..transfer import FINETUNE_DEFAULTS, finetune_model
 
     try:
@@ -74,12 +74,7 @@ def run(args) -> int:
         if args.val:
             train, val = snaps, [load_snapshot(d) for d in val_dirs]
         else:
-            if len(snaps) < 2:
-                raise ValueError("need at least two snapshots (or --val) to split validation by snapshot")
-            order = np.random.default_rng(config.seed).permutation(len(snaps))
-            n_val = max(1, len(snaps) // 5)
-            val = [snaps[i] for i in sorted(order[:n_val])]
-            train = [snaps[i] for i in sorted(order[n_val:])]
+            train, val = split_by_snapshot(snaps, config.seed)
         if not train or not val:
             raise ValueError("no usable fine-tuning or validation snapshots left")
         out = Path(args.output)

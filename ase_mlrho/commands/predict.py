@@ -45,7 +45,8 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _read_structure(path: str, index: str):
+def read_structure(path: str, index: str):
+    """One frame of a structure file, or ValueError with one clear line (shared by the SPARC commands)."""
     from ase.io import read
 
     p = Path(path)
@@ -75,7 +76,7 @@ def run(args) -> int:
         ex = ExecutorSettings(executor, args.workers, args.dask_address)
         if args.output:
             check_output(args.output, overwrite_zarr=args.overwrite)
-        atoms = _read_structure(args.structure, args.index)
+        atoms = read_structure(args.structure, args.index)
         model = load_model(args.model)
         validate_structure(model, atoms)
     except (ValueError, OutputError, ModelFileError, InvalidStructureError, OSError) as exc:

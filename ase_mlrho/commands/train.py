@@ -53,12 +53,10 @@ def _configs(args):
 
 
 def run(args) -> int:
-    import numpy as np
-
     from ..data import SnapshotError, load_snapshot
     from ..descriptors import DescriptorSpec
     from ..models import save_model
-    from ..training import train_model
+    from ..training import split_by_snapshot, train_model
 
     try:
         descriptor, net_cfg, train_cfg = _configs(args)
@@ -67,12 +65,7 @@ def run(args) -> int:
             val = [load_snapshot(d) for d in args.val]
             train = snaps
         else:
-            if len(snaps) < 2:
-                raise ValueError("need at least two snapshots (or --val) to split validation by snapshot")
-            order = np.random.default_rng(train_cfg.seed).permutation(len(snaps))
-            n_val = max(1, len(snaps) // 5)
-            val = [snaps[i] for i in sorted(order[:n_val])]
-            train = [snaps[i] for i in sorted(order[n_val:])]
+            train, val = split_by_snapshot(snaps, train_cfg.seed)
         species = sorted({s for snap in train for s in snap.atoms.get_chemical_symbols()})
         descriptor.setdefault("species", species)
         spec = DescriptorSpec(**{**descriptor, "species": tuple(descriptor["species"])})

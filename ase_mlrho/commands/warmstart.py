@@ -45,11 +45,9 @@ def run(args) -> int:
     try:
         if args.rho_trigger < 1:
             raise ValueError(f"--rho-trigger must be >= 1, got {args.rho_trigger}")
-        prep = common.prepare_run(args, name)
+        command, inp, model, provider_settings, workdir = common.prepare_run(args, name)
     except (common.CommandError, ValueError) as exc:
         return common.fail(name, exc)
-    command, inp, model, provider_settings, workdir = (prep.command, prep.inp, prep.model, prep.provider_settings,
-                                                       prep.workdir)
 
     settings = sparc_settings_for_model(model)
     t0 = time.perf_counter()
