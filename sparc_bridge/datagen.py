@@ -89,25 +89,78 @@ class BulkSpec:
 
     ``supercell`` is the repeat of the cubic cell along each axis (fcc: 4 * n^3 atoms; n = 2 is the
     paper's 32-atom Al cell, n = 3 its 108-atom cell).
+
+    Random alloys and defects (the SiGe cells of the paper): ``alloy_element`` replaces a fraction
+    ``alloy_fraction`` of the sites (exactly ``round(x * N)`` of them, chosen at random per snapshot
+    seed), and ``vacancies`` random sites are removed afterwards. ``BulkSpec("Si", "diamond", 5.54, 2,
+    "Ge", 0.5)`` is the shared data's Si0.5Ge0.5 64-atom cell.
     """
 
     element: str = "Al"
     lattice: str = "fcc"
     a_ang: float = 4.05
     supercell: int = 1
+    alloy_element: str | None = None
+    alloy_fraction: float = 0.0
+    vacancies: int = 0
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.alloy_fraction) <= 1.0:
+            raise ValueError(f"alloy_fraction must lie in [0, 1], got {self.alloy_fraction}")
+        if self.alloy_fraction and not self.alloy_element:
+            raise ValueError("alloy_fraction given without alloy_element")
+        if int(self.vacancies) < 0:
+            raise ValueError(f"vacancies must be >= 0, got {self.vacancies}")
 
     def build(self):
+        """The ideal crystal of the host element (no alloying, no vacancies: see :meth:`decorate`)."""
         from ase.build import bulk
 
         n = int(self.supercell)
         if n < 1:
             raise ValueError(f"supercell must be >= 1, got {self.supercell}")
-        return bulk(self.element, self.lattice, a=float(self.a_ang), cubic=True) * (n, n, n)
+        atoms = bulk(self.element, self.lattice, a=float(self.a_ang), cubic=True) * (n, n, n)
+        if self.vacancies >= len(atoms):
+            raise ValueError(f"{self.vacancies} vacancies in a {len(atoms)}-atom cell")
+        return atoms
+
+    @property
+    def is_decorated(self) -> bool:
+        return bool(self.alloy_element and self.alloy_fraction) or self.vacancies > 0
+
+    def decorate(self, atoms, seed: int):
+        """``atoms`` with the random occupation and vacancies of snapshot ``seed`` (a copy).
+
+        Drawn from ``numpy.random.default_rng([seed, 7])``, a stream separate from the MD's, so the
+        same seed gives the same occupation whatever the sampler.
+        """
+        atoms = atoms.copy()
+        if not self.is_decorated:
+            return atoms
+        rng = np.random.default_rng([int(seed), 7])
+        if self.alloy_element and self.alloy_fraction:
+            n_alloy = int(round(float(self.alloy_fraction) * len(atoms)))
+            sites = rng.choice(len(atoms), size=n_alloy, replace=False)
+            symbols = atoms.get_chemical_symbols()
+            for i in sites:
+                symbols[i] = self.alloy_element
+            atoms.set_chemical_symbols(symbols)
+        if self.vacancies:
+            del atoms[sorted(rng.choice(len(atoms), size=int(self.vacancies), replace=False).tolist())]
+        return atoms
 
     @property
     def prefix(self) -> str:
-        """Name prefix of its snapshots, as in the shared data: ``al_n=2``."""
-        return f"{self.element.lower()}_n={int(self.supercell)}"
+        """Name prefix of its snapshots, as in the shared data: ``al_n=2``; alloys
+        ``sige_x=0.4_n=2``; ``_vac=1`` appended for vacancies."""
+        if self.alloy_element and self.alloy_fraction:
+            text = f"{self.element.lower()}{self.alloy_element.lower()}_x={float(self.alloy_fraction):g}"
+        else:
+            text = self.element.lower()
+        text += f"_n={int(self.supercell)}"
+        if self.vacancies:
+            text += f"_vac={int(self.vacancies)}"
+        return text
 
 
 @dataclass(frozen=True)
@@ -120,7 +173,10 @@ class MDSettings:
     frames_per_trajectory : frames kept from each trajectory.
     decorrelation_fs : simulated time between kept frames of one trajectory (a multiple of the timestep).
     calculator : ``"emt"`` (ASE's EMT), ``"package.module:factory"`` (a function returning an ASE
-        calculator, e.g. a user's interatomic potential), or ``"sparc-aimd"`` (not implemented yet).
+        calculator, e.g. a user's interatomic potential), ``"rattle"`` (no MD: independent Gaussian
+        displacements of ``rattle_ang_per_sqrt_k * sqrt(T)`` Angstrom per Cartesian component, the
+        shared SiGe data's scheme, for elements EMT does not know), or ``"sparc-aimd"`` (not implemented).
+    rattle_ang_per_sqrt_k : amplitude of the ``"rattle"`` sampler (shared SiGe data: 0.0045).
     """
 
     timestep_fs: float = 2.0
@@ -129,6 +185,7 @@ class MDSettings:
     frames_per_trajectory: int = 1
     decorrelation_fs: float = 200.0
     calculator: str = "emt"
+    rattle_ang_per_sqrt_k: float = 0.0045
 
     def __post_init__(self):
         if self.timestep_fs <= 0 or self.equilibration_steps < 0 or self.frames_per_trajectory < 1:
@@ -150,6 +207,11 @@ class MDSettings:
 
     def describe(self) -> str:
         """The ``sampler`` string of ``meta.json`` (same wording as the shared data)."""
+        if self.calculator == "rattle":
+            text = (f"Gaussian rattle {self.rattle_ang_per_sqrt_k:g}*sqrt(T) A, numpy default_rng(seed)")
+            if self.frames_per_trajectory > 1:
+                text += f"; {self.frames_per_trajectory} independent draws"
+            return text
         calc = "EMT" if self.calculator == "emt" else self.calculator
         text = (f"ase {calc} Langevin {self.timestep_fs:g} fs x {self.equilibration_steps} steps, "
                 f"friction {self.friction_per_ase_time:g}, MaxwellBoltzmann init, numpy default_rng(seed)")
@@ -217,9 +279,24 @@ class DatagenPlan:
 
     def recipe(self, symbols) -> dict:
         """The part that must not change when a run is resumed or extended (JSON-ready)."""
-        structure = asdict(self.bulk) if self.bulk is not None else {"file": str(Path(self.structure_file).resolve()),
-                                                                     "sha256": _file_sha256(self.structure_file)}
-        return {"structure": structure, "md": asdict(self.md), "sparc": _jsonable(asdict(self.sparc_settings(symbols)))}
+        if self.bulk is not None:
+            # fields added after the first data sets were made are left out while unused, so that
+            # those data sets can still be resumed and extended
+            structure = {k: v for k, v in asdict(self.bulk).items()
+                         if k not in ("alloy_element", "alloy_fraction", "vacancies") or v}
+        else:
+            structure = {"file": str(Path(self.structure_file).resolve()), "sha256": _file_sha256(self.structure_file)}
+        md = asdict(self.md)
+        if self.md.calculator != "rattle":
+            md.pop("rattle_ang_per_sqrt_k")
+        return {"structure": structure, "md": md, "sparc": _jsonable(asdict(self.sparc_settings(symbols)))}
+
+    def species(self) -> list[str]:
+        """Every element the snapshots can contain (host and alloying element)."""
+        symbols = sorted(set(self.build_structure().get_chemical_symbols()))
+        if self.bulk is not None and self.bulk.alloy_element and self.bulk.alloy_element not in symbols:
+            symbols.append(self.bulk.alloy_element)
+        return symbols
 
 
 def default_sparc_settings(symbols) -> SparcSettings:
@@ -256,8 +333,11 @@ def plan_snapshots(plan: DatagenPlan) -> list[PlannedSnapshot]:
 
 
 # ----------------------------------------------------------------------------- sampling
-def make_calculator(name: str) -> Callable[[], object]:
-    """A factory of the ASE calculator named ``name`` (see :class:`MDSettings`)."""
+def make_calculator(name: str) -> Callable[[], object] | None:
+    """A factory of the ASE calculator named ``name`` (see :class:`MDSettings`); None for ``"rattle"``,
+    which needs no calculator."""
+    if name == "rattle":
+        return None
     if name == "emt":
         from ase.calculators.emt import EMT
 
@@ -274,7 +354,7 @@ def make_calculator(name: str) -> Callable[[], object]:
         if not callable(factory):
             raise ValueError(f"{name}: {attr} is not callable")
         return factory
-    raise ValueError(f"unknown MD calculator {name!r}: use 'emt', 'package.module:factory' or 'sparc-aimd'")
+    raise ValueError(f"unknown MD calculator {name!r}: use 'emt', 'rattle', 'package.module:factory' or 'sparc-aimd'")
 
 
 def sample_trajectory(atoms, temperature_k: float, seed: int, md: MDSettings = MDSettings(),
@@ -292,6 +372,16 @@ def sample_trajectory(atoms, temperature_k: float, seed: int, md: MDSettings = M
     if temperature_k == 0:
         atoms.wrap()
         return [atoms]
+    if md.calculator == "rattle" and calculator_factory is None:
+        rng = np.random.default_rng(int(seed))
+        sigma_ang = md.rattle_ang_per_sqrt_k * float(np.sqrt(temperature_k))
+        frames = []
+        for _ in range(md.frames_per_trajectory):
+            frame = atoms.copy()
+            frame.positions += rng.normal(scale=sigma_ang, size=frame.positions.shape)
+            frame.wrap()
+            frames.append(frame)
+        return frames
     factory = calculator_factory or make_calculator(md.calculator)
     atoms.calc = factory()
     rng = np.random.default_rng(int(seed))
@@ -468,7 +558,7 @@ def run_datagen(plan: DatagenPlan, out_dir, command: str | None = None, timeout_
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / SAMPLES_DIR).mkdir(exist_ok=True)
     structure = plan.build_structure()
-    symbols = structure.get_chemical_symbols()
+    symbols = plan.species()
     settings = plan.sparc_settings(symbols)
     recipe = plan.recipe(symbols)
     planned = plan_snapshots(plan)
@@ -485,7 +575,8 @@ def run_datagen(plan: DatagenPlan, out_dir, command: str | None = None, timeout_
     for (t_k, seed), snaps in by_traj.items():
         if not any(entries[s.name]["status"] == "pending" for s in snaps):
             continue
-        frames = sample_trajectory(structure, t_k, seed, plan.md, calculator_factory)
+        start = plan.bulk.decorate(structure, seed) if plan.bulk is not None else structure
+        frames = sample_trajectory(start, t_k, seed, plan.md, calculator_factory)
         for s in snaps:
             if entries[s.name]["status"] != "pending":
                 continue
@@ -592,6 +683,9 @@ def _compute_snapshot(out_dir, snap, plan, settings, structure, entry, manifest,
         "sampler": entry["sampler"],
         "a_ang": plan.bulk.a_ang if plan.bulk is not None else None,
         "supercell": plan.bulk.supercell if plan.bulk is not None else None,
+        "alloy_element": plan.bulk.alloy_element if plan.bulk is not None else None,
+        "alloy_fraction": plan.bulk.alloy_fraction if plan.bulk is not None else None,
+        "vacancies": plan.bulk.vacancies if plan.bulk is not None else 0,
         "mesh_spacing_bohr": settings.mesh_spacing_bohr,
         "wall_s": round(float(result.wall_time_s), 1),
         "natoms": len(atoms),

@@ -263,3 +263,63 @@ def test_structure_file_source(tmp_path, fake_sparc):
     assert manifest["recipe"]["structure"]["sha256"] and manifest["recipe"]["structure"]["file"].endswith(".extxyz")
     meta = json.loads((tmp_path / "data" / "my_cell_T=450_seed=9" / "meta.json").read_text())
     assert meta["structure_file"] == str(path) and meta["supercell"] is None and meta["natoms"] == 4
+
+
+# ----------------------------------------------------------------------------- alloys, vacancies, rattle
+SIGE = BulkSpec("Si", "diamond", 5.54, 2, "Ge", 0.4)
+
+
+def test_random_alloy_occupation_is_exact_and_seeded():
+    ideal = SIGE.build()
+    a, b, c = SIGE.decorate(ideal, 41), SIGE.decorate(ideal, 41), SIGE.decorate(ideal, 42)
+    assert len(a) == 64 and a.get_chemical_symbols().count("Ge") == round(0.4 * 64) == 26
+    assert a.get_chemical_symbols() == b.get_chemical_symbols()
+    assert a.get_chemical_symbols() != c.get_chemical_symbols()
+    assert np.array_equal(a.positions, ideal.positions)  # occupation only: no displacement
+    assert ideal.get_chemical_symbols() == ["Si"] * 64  # the input is left alone
+    assert SIGE.prefix == "sige_x=0.4_n=2"
+
+
+def test_vacancies_remove_random_sites():
+    spec = BulkSpec("Si", "diamond", 5.54, 2, "Ge", 0.5, vacancies=2)
+    ideal = spec.build()
+    atoms = spec.decorate(ideal, 51)
+    assert len(atoms) == 62 and spec.prefix == "sige_x=0.5_n=2_vac=2"
+    # every remaining atom sits on a site of the ideal crystal; two sites are empty
+    d = np.linalg.norm(atoms.positions[:, None, :] - ideal.positions[None, :, :], axis=-1)
+    assert np.all(d.min(axis=1) < 1e-12) and len(set(d.argmin(axis=1))) == 62
+    with pytest.raises(ValueError, match="vacancies"):
+        BulkSpec("Al", "fcc", 4.05, 1, vacancies=4).build()
+    with pytest.raises(ValueError, match="alloy_element"):
+        BulkSpec("Si", "diamond", 5.54, 1, None, 0.5)
+
+
+def test_rattle_sampler_amplitude_matches_shared_scheme():
+    md = MDSettings(calculator="rattle")
+    ideal = BulkSpec("Si", "diamond", 5.54, 3).build()  # 216 atoms, 648 displacement components
+    (frame,) = sample_trajectory(ideal, 900.0, 5, md)
+    disp = frame.positions - ideal.positions
+    disp -= np.round(disp @ np.linalg.inv(ideal.cell[:])) @ ideal.cell[:]  # undo the wrap
+    expected = 0.0045 * np.sqrt(900.0)  # 0.135 A, as in ../shared/data/sparc/sige_*/meta.json
+    assert abs(disp.std() / expected - 1) < 0.1  # 648 samples: the estimate's relative error is ~3 %
+    assert abs(disp.mean()) < 4 * expected / np.sqrt(disp.size)
+    again = sample_trajectory(ideal, 900.0, 5, md)[0]
+    assert np.array_equal(again.positions, frame.positions)
+    assert datagen.make_calculator("rattle") is None
+
+
+def test_alloy_datagen_names_and_meta(tmp_path, fake_sparc):
+    cmd, calls = fake_sparc
+    plan = DatagenPlan(temperatures_k=(1200.0,), seeds=(41,), md=MDSettings(calculator="rattle"),
+                       bulk=BulkSpec("Si", "diamond", 5.54, 1, "Ge", 0.5, vacancies=1))
+    assert plan.species() == ["Si", "Ge"]
+    assert plan.sparc_settings(plan.species()).mesh_spacing_bohr == 0.4
+    report = run_datagen(plan, tmp_path / "d", command=cmd, progress=False)
+    assert report.done == ("sige_x=0.5_n=1_vac=1_T=1200_seed=41",)
+    meta = json.loads((tmp_path / "d" / report.done[0] / "meta.json").read_text())
+    assert meta["alloy_element"] == "Ge" and meta["alloy_fraction"] == 0.5 and meta["vacancies"] == 1
+    sample = datagen._load_sample(tmp_path / "d" / "samples" / f"{report.done[0]}.traj")
+    assert len(sample) == 7 and sample.get_chemical_symbols().count("Ge") in (3, 4)  # 4 Ge placed, then 1 site removed
+    # recipes of plain crystals keep their old form (data sets made before alloys existed still resume)
+    assert set(_plan().recipe(["Al"])["structure"]) == {"element", "lattice", "a_ang", "supercell"}
+    assert "rattle_ang_per_sqrt_k" not in _plan().recipe(["Al"])["md"]

@@ -4,6 +4,8 @@ Examples::
 
     mlrho datagen --element Al --a 4.05 --supercell 2 -T 315 630 945 --seeds 1 4 2 -o data/al32
     mlrho datagen --structure POSCAR -T 300 900 --frames 3 --decorrelation-fs 200 -o data/mine
+    mlrho datagen --element Si --lattice diamond --a 5.522 --supercell 2 --alloy Ge --x 0.4 \
+        --calculator rattle -T 1200 --seeds 41 -o data/sige
 
 Rerunning the same command resumes: finished snapshots are kept, an interrupted one is redone from
 scratch, failed ones are retried only with ``--retry-failed``. Exit status 0 when every snapshot is
@@ -29,13 +31,20 @@ def register(subparsers) -> None:
     p.add_argument("--lattice", default="fcc", help="bulk lattice (default fcc)")
     p.add_argument("--a", type=float, default=4.05, dest="a_ang", help="lattice constant in Angstrom (default 4.05)")
     p.add_argument("--supercell", type=int, default=1, help="repeat of the cubic cell per axis (default 1)")
+    p.add_argument("--alloy", metavar="ELEMENT", help="random alloy: this element on a fraction --x of the sites "
+                   "(a new random occupation per seed)")
+    p.add_argument("--x", type=float, default=0.0, dest="alloy_fraction", help="fraction of sites given to --alloy")
+    p.add_argument("--vacancies", type=int, default=0, help="random vacancies per snapshot (default 0)")
     p.add_argument("-T", "--temperatures", nargs="+", type=float, required=True, metavar="K",
                    help="temperatures in K, one trajectory each (repeat a temperature with another seed)")
     p.add_argument("--seeds", nargs="+", type=int, help="one seed per temperature (default 0, 1, 2, ...)")
     p.add_argument("-o", "--output", required=True, help="output directory (resumed if it exists)")
     p.add_argument("--name-prefix", help="snapshot name prefix (default: al_n=SUPERCELL or the file stem)")
     p.add_argument("--calculator", default="emt",
-                   help="MD calculator: emt (default), package.module:factory, or sparc-aimd (not implemented)")
+                   help="MD calculator: emt (default), package.module:factory, rattle (Gaussian displacements of "
+                        "--rattle * sqrt(T) A, no MD: the shared SiGe data's scheme), or sparc-aimd (not implemented)")
+    p.add_argument("--rattle", type=float, default=0.0045, dest="rattle_ang_per_sqrt_k",
+                   help="amplitude of --calculator rattle in A/sqrt(K) (default 0.0045)")
     p.add_argument("--timestep-fs", type=float, default=2.0)
     p.add_argument("--steps", type=int, default=600, help="equilibration steps before the first frame (default 600)")
     p.add_argument("--friction", type=float, default=0.02, help="Langevin friction, inverse ASE time units")
@@ -58,14 +67,17 @@ def _plan(args):
 
     md = MDSettings(timestep_fs=args.timestep_fs, equilibration_steps=args.steps,
                     friction_per_ase_time=args.friction, frames_per_trajectory=args.frames,
-                    decorrelation_fs=args.decorrelation_fs, calculator=args.calculator)
+                    decorrelation_fs=args.decorrelation_fs, calculator=args.calculator,
+                    rattle_ang_per_sqrt_k=args.rattle_ang_per_sqrt_k)
     bulk = None
     if args.element:
-        bulk = BulkSpec(args.element, args.lattice, args.a_ang, args.supercell)
+        bulk = BulkSpec(args.element, args.lattice, args.a_ang, args.supercell, args.alloy, args.alloy_fraction,
+                        args.vacancies)
+    elif args.alloy or args.vacancies:
+        raise ValueError("--alloy and --vacancies apply to a bulk crystal (--element), not to --structure")
     plan = DatagenPlan(temperatures_k=tuple(args.temperatures), seeds=tuple(args.seeds) if args.seeds else None,
                        bulk=bulk, structure_file=args.structure, md=md, name_prefix=args.name_prefix)
-    symbols = plan.build_structure().get_chemical_symbols()
-    base = default_sparc_settings(symbols)
+    base = default_sparc_settings(plan.species())
     changes = {"tol_scf": args.tol_scf, "maxit_scf": args.maxit_scf}
     if args.mesh_bohr is not None:
         changes["mesh_spacing_bohr"] = args.mesh_bohr
