@@ -205,6 +205,9 @@ class Descriptors:
     # ------------------------------------------------------------------ descriptors
     def compute_float64(self, points_bohr, workers: int = 1) -> np.ndarray:
         """(P, n_features) float64 descriptors of the given Cartesian points (Bohr)."""
+        return self._compute(points_bohr, workers, np.float64)
+
+    def _compute(self, points_bohr, workers: int, set3_dtype) -> np.ndarray:
         pts = np.asarray(points_bohr, dtype=np.float64)
         spec = self.spec
         out = np.empty((pts.shape[0], spec.n_features), dtype=np.float64)
@@ -225,10 +228,10 @@ class Descriptors:
                 blocks = self._set2_ordered(res.distances_bohr, res.displacements_bohr, sel[res.atom_index])
                 out[:, o + spec.m:o2] = blocks.reshape(len(pts), -1)
             if spec.has_angular:
-                out[:, o2:o2 + spec.n_angular] = self._set3(nb, pts, res, workers)
+                out[:, o2:o2 + spec.n_angular] = self._set3(nb, pts, res, workers, set3_dtype)
         return out
 
-    def _set3(self, nb, pts, res, workers) -> np.ndarray:
+    def _set3(self, nb, pts, res, workers, dtype=np.float64) -> np.ndarray:
         """Set III over every atom within the cut-off: points whose M-th neighbour lies inside the
         cut-off are queried again with more neighbours."""
         spec = self.spec
@@ -236,7 +239,7 @@ class Descriptors:
         out = np.empty((len(pts), spec.n_angular))
         short = np.flatnonzero(dist[:, -1] < spec.angular_cutoff_bohr)
         full = np.setdiff1d(np.arange(len(pts)), short)
-        args = (spec.angular_centers_bohr, spec.angular_width_bohr, spec.angular_cutoff_bohr, spec.angular_l_max)
+        args = (spec.angular_centers_bohr, spec.angular_width_bohr, spec.angular_cutoff_bohr, spec.angular_l_max, dtype)
         # neighbours are sorted by distance: columns beyond the last one inside the cut-off add nothing
         k_in = int(np.max(np.sum(dist[full] < spec.angular_cutoff_bohr, axis=1), initial=1))
         for part in np.array_split(full, max(1, len(full) // _SET3_BLOCK)):
@@ -276,8 +279,9 @@ class Descriptors:
         return blocks
 
     def compute(self, points_bohr, workers: int = 1) -> np.ndarray:
-        """(P, n_features) float32 descriptors (computed in float64)."""
-        return self.compute_float64(points_bohr, workers).astype(np.float32)
+        """(P, n_features) float32 descriptors: geometry, Set I and Set II in float64, Set III in
+        float32 (its relative error, ~1e-6, is far below what the model resolves; twice as fast)."""
+        return self._compute(points_bohr, workers, np.float32).astype(np.float32)
 
     def compute_grid(self, grid: Grid, start: int = 0, stop: int | None = None, workers: int = 1) -> np.ndarray:
         """Descriptors of grid points ``start:stop`` in file order."""

@@ -242,10 +242,12 @@ class DensityNetwork(nn.Module):
         x = self.features(desc_t)  # (P, F)
         w0, b0 = weight_sets[0]
         n_sets, n_out = w0.shape[0], w0.shape[1]
-        # first layer: one matrix product for all weight sets at once -> (S, P, out)
-        h = (x @ w0.reshape(n_sets * n_out, -1).T).reshape(x.shape[0], n_sets, n_out).transpose(0, 1) + b0.unsqueeze(1)
+        # first layer: one matrix product for all weight sets at once, (P, S*out) -> contiguous (S, P, out)
+        h = torch.addmm(b0.reshape(-1), x, w0.reshape(n_sets * n_out, -1).T)
+        h = h.view(x.shape[0], n_sets, n_out).transpose(0, 1).contiguous()
         for w, b in weight_sets[1:]:
-            h = torch.baddbmm(b.unsqueeze(1), nn.functional.silu(h), w.transpose(1, 2))
+            # in-place SiLU on a contiguous array: the activations are the largest arrays here
+            h = torch.baddbmm(b.unsqueeze(1), nn.functional.silu(h, inplace=True), w.transpose(1, 2))
         mu = h[:, :, 0].to(torch.float64)
         sig = nn.functional.softplus(h[:, :, 1]).to(torch.float64) + 1e-4
         s = mu.shape[0]
