@@ -193,13 +193,11 @@ class Descriptors:
                 break
             extra *= 2
         c = int(n_cand.max())
-        cand = np.full((n, c, 3), np.nan)
-        shell = np.full((n, c), np.iinfo(np.int64).max // 8, dtype=np.int64)
-        for a in range(n):
-            na = n_cand[a]
-            cand[a, :na] = disp[a, :na]
-            gaps = np.diff(dist[a, :na]) > TIE_TOLERANCE_BOHR
-            shell[a, :na] = np.concatenate([[0], np.cumsum(gaps)])
+        valid = np.arange(c)[None, :] < n_cand[:, None]  # (n, c): column j holds a candidate of atom a
+        cand = np.where(valid[..., None], disp[:, :c], np.nan)
+        gaps = np.diff(dist[:, :c], axis=1) > TIE_TOLERANCE_BOHR
+        shell = np.concatenate([np.zeros((n, 1), dtype=np.int64), np.cumsum(gaps, axis=1)], axis=1)
+        shell = np.where(valid, shell, np.iinfo(np.int64).max // 8)
         return cand, shell, n_cand
 
     # ------------------------------------------------------------------ descriptors
