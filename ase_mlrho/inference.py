@@ -46,6 +46,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .descriptors import Descriptors
+from .local import LOCAL_MIN_ATOMS, LocalDescriptors
 from .grid import Grid, InvalidStructureError
 from .threads import torch_threads
 
@@ -86,6 +87,11 @@ class InferenceSettings:
     chunk_points : points per block (task, zarr chunk); sets peak memory together with batch_points.
     batch_points : points per model call inside a block.
     mesh_spacing_bohr : grid spacing (None: the model's, i.e. the spacing of its training data).
+    neighbour_tables : ``"structure"`` -- every worker keeps neighbour tables of all atoms (fastest
+        for small cells); ``"block"`` -- each block cuts out the atoms near it and builds tables of
+        those only (:mod:`ase_mlrho.local`: worker memory and set-up independent of the cell size);
+        ``"auto"`` -- ``"block"`` for periodic cells of at least ``LOCAL_MIN_ATOMS`` atoms.
+        Both give the same descriptors (to rounding, 1e-13 Bohr).
     """
 
     n_samples: int | None = None
@@ -93,8 +99,11 @@ class InferenceSettings:
     chunk_points: int = DEFAULT_CHUNK_POINTS
     batch_points: int = DEFAULT_BATCH_POINTS
     mesh_spacing_bohr: float | None = None
+    neighbour_tables: str = "auto"
 
     def __post_init__(self):
+        if self.neighbour_tables not in ("auto", "structure", "block"):
+            raise ValueError(f"neighbour_tables must be auto, structure or block, got {self.neighbour_tables!r}")
         if self.n_samples is not None and int(self.n_samples) < 0:
             raise ValueError(f"n_samples must be >= 0, got {self.n_samples}")
         if int(self.chunk_points) < 1 or int(self.batch_points) < 1:
@@ -214,6 +223,7 @@ class _Job:
     batch_points: int
     ood_threshold_e_per_bohr3: float | None
     token: str
+    local_tables: bool = False
 
     @property
     def grid(self) -> Grid:
@@ -232,12 +242,15 @@ def _model_digest(model) -> str:
 def _make_job(model, structure: Structure, grid: Grid, settings: InferenceSettings) -> _Job:
     n_samples = model.n_samples if settings.n_samples is None else int(settings.n_samples)
     plan = ChunkPlan.for_grid(grid.shape, settings.chunk_points)
+    local = settings.neighbour_tables == "block" or (
+        settings.neighbour_tables == "auto" and structure.natoms >= LOCAL_MIN_ATOMS)
+    local = local and all(structure.pbc) and all(grid.pbc)
     h = hashlib.sha256()
     for part in (_model_digest(model), structure.digest(), grid.cell_bohr.tobytes(), repr(grid.shape),
-                 repr(grid.pbc), repr(plan.block), n_samples, settings.seed, settings.batch_points):
+                 repr(grid.pbc), repr(plan.block), n_samples, settings.seed, settings.batch_points, local):
         h.update(part if isinstance(part, bytes) else str(part).encode())
     return _Job(model, structure, grid.cell_bohr, grid.shape, grid.pbc, plan, n_samples, int(settings.seed),
-                int(settings.batch_points), model.epistemic_sigma_validation_max, h.hexdigest())
+                int(settings.batch_points), model.epistemic_sigma_validation_max, h.hexdigest(), local)
 
 
 @dataclass(eq=False)
@@ -246,13 +259,21 @@ class _Context:
 
     job: _Job
     grid: Grid
-    descriptors: Descriptors
+    descriptors: Descriptors | LocalDescriptors
     weight_sets: list
+
+    def block_source(self, index: int):
+        """What computes the descriptors of block ``index``: the structure-wide tables, or the
+        tables of the atoms around the block."""
+        if isinstance(self.descriptors, LocalDescriptors):
+            return self.descriptors.grid_block(self.grid, self.job.plan.slices(index))
+        return self.descriptors
 
 
 def _build_context(job: _Job) -> _Context:
     s = job.structure
-    desc = Descriptors(job.model.spec, s.positions_bohr, s.numbers, s.cell_bohr, s.pbc)
+    kind = LocalDescriptors if job.local_tables else Descriptors
+    desc = kind(job.model.spec, s.positions_bohr, s.numbers, s.cell_bohr, s.pbc)
     weights = job.model.network.sample_weight_sets(job.n_samples, job.seed)
     return _Context(job, job.grid, desc, weights)
 
@@ -290,9 +311,10 @@ def _predict_block(ctx: _Context, index: int) -> _Block:
     flat = job.plan.flat_indices(index)
     n = flat.size
     mean, ale, epi = np.empty(n), np.empty(n), np.empty(n)
+    source = ctx.block_source(index)
     for b0 in range(0, n, job.batch_points):
         b1 = min(b0 + job.batch_points, n)
-        d = ctx.descriptors.compute(ctx.grid.points_bohr_at(flat[b0:b1]))
+        d = source.compute(ctx.grid.points_bohr_at(flat[b0:b1]))
         p = job.model.predict(d, weight_sets=ctx.weight_sets)
         mean[b0:b1], ale[b0:b1], epi[b0:b1] = p.mean, p.sigma_aleatoric, p.sigma_epistemic
     sig_total = np.sqrt(ale * ale + epi * epi)
