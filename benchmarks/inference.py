@@ -93,7 +93,7 @@ def peak_rss_mib() -> tuple[float, float]:
 
 # ------------------------------------------------------------------ one cell (in its own process)
 def run_one(n: int, model_path: str, executor: str, workers: int, chunk_points: int, zarr_path: str | None,
-            sample_blocks: int | None, full_points: int) -> dict:
+            sample_blocks: int | None, full_points: int, neighbour_tables: str = "auto") -> dict:
     from ase_mlrho import inference as inf
     from ase_mlrho.grid import Grid
     from ase_mlrho.models import load_model
@@ -101,11 +101,12 @@ def run_one(n: int, model_path: str, executor: str, workers: int, chunk_points: 
     model = load_model(model_path)
     atoms = al_supercell(n)
     grid = Grid.from_atoms(atoms, model.mesh_spacing_bohr)
-    settings = inf.InferenceSettings(chunk_points=chunk_points)
+    settings = inf.InferenceSettings(chunk_points=chunk_points, neighbour_tables=neighbour_tables)
     ex = inf.ExecutorSettings(executor, workers)
     row = {"n": n, "natoms": len(atoms), "grid_shape": list(grid.shape), "n_points": grid.n_points,
            "executor": executor, "workers": workers, "chunk_points": chunk_points, "model": model.name,
-           "n_samples": model.n_samples, "hidden": list(model.network.config.hidden)}
+           "n_samples": model.n_samples, "hidden": list(model.network.config.hidden),
+           "neighbour_tables": neighbour_tables}
     if grid.n_points <= full_points or sample_blocks is None:
         target = zarr_path or str(SCRATCH / f"al{len(atoms)}-{executor}.zarr")
         for p in (target, target + ".partial"):
@@ -147,7 +148,7 @@ def run_one(n: int, model_path: str, executor: str, workers: int, chunk_points: 
 def spawn_one(n: int, args, executor: str, workers: int) -> dict:
     cmd = [sys.executable, __file__, "--one", str(n), "--model", args.model, "--executor", executor,
            "--workers", str(workers), "--chunk-points", str(args.chunk_points), "--full-points", str(args.full_points),
-           "--sample-blocks", str(args.sample_blocks)]
+           "--sample-blocks", str(args.sample_blocks), "--neighbour-tables", args.neighbour_tables]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"cell n={n} failed:\n{out.stderr[-3000:]}")
@@ -186,6 +187,8 @@ def main(argv=None) -> int:
     p.add_argument("--full-points", type=int, default=16_000_000, help="cells up to this many points run in full")
     p.add_argument("--sample-blocks", type=int, default=6, help="blocks per worker timed for larger cells")
     p.add_argument("--compare-dask", type=int, metavar="N", help="time n=N with processes and dask, 2 workers each")
+    p.add_argument("--neighbour-tables", default="auto", choices=("auto", "structure", "block"),
+                   help="neighbour tables of the whole structure or per block (InferenceSettings)")
     p.add_argument("--one", type=int, metavar="N", help="(internal, or one full run) run one cell and print JSON")
     p.add_argument("--zarr", help="with --one: write the whole prediction to this zarr store and keep it")
     p.add_argument("--json", help="also write the rows to this JSON file")
@@ -195,7 +198,7 @@ def main(argv=None) -> int:
 
     if args.one is not None:
         row = run_one(args.one, args.model, args.executor, args.workers, args.chunk_points, args.zarr,
-                      None if args.zarr else args.sample_blocks, args.full_points)
+                      None if args.zarr else args.sample_blocks, args.full_points, args.neighbour_tables)
         print(json.dumps(row))
         return 0
 
