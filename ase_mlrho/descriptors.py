@@ -30,7 +30,7 @@ from .angular import n_power_spectrum, power_spectrum
 from .grid import Grid, InvalidStructureError
 from .neighbors import PeriodicNeighbors, validate_positions
 
-__all__ = ["DescriptorSpec", "Descriptors", "UnknownSpeciesError", "TIE_TOLERANCE_BOHR"]
+__all__ = ["DescriptorSpec", "Descriptors", "UnknownSpeciesError", "TIE_TOLERANCE_BOHR", "check_numbers"]
 
 #: distances closer than this are one neighbour shell for the Set II tie rule
 TIE_TOLERANCE_BOHR = 1e-6
@@ -122,6 +122,21 @@ class DescriptorSpec:
         return cls(m=int(d["m"]), m_s=int(d["m_s"]), k=int(d["k"]), species=tuple(d["species"]), **extra)
 
 
+def check_numbers(spec: DescriptorSpec, numbers, n_atoms: int) -> np.ndarray:
+    """Atomic numbers as an int array, one per atom, all of species the spec knows
+    (:class:`UnknownSpeciesError` naming the others)."""
+    numbers = np.asarray(numbers, dtype=int).reshape(-1)
+    if numbers.shape[0] != n_atoms:
+        raise InvalidStructureError(f"{numbers.shape[0]} atomic numbers for {n_atoms} positions")
+    known = {atomic_numbers[s] for s in spec.species}
+    unknown = sorted({chemical_symbols[z] for z in set(numbers.tolist()) - known})
+    if unknown:
+        raise UnknownSpeciesError(
+            f"the descriptor knows {', '.join(spec.species)}; the structure also has {', '.join(unknown)}"
+        )
+    return numbers
+
+
 class Descriptors:
     """Descriptor calculator for one structure; build once, then compute any chunk of points.
 
@@ -133,15 +148,7 @@ class Descriptors:
 
     def __init__(self, spec: DescriptorSpec, positions_bohr, numbers, cell_bohr, pbc=(True, True, True)):
         pos, cell, pbc = validate_positions(positions_bohr, cell_bohr, pbc)
-        numbers = np.asarray(numbers, dtype=int).reshape(-1)
-        if numbers.shape[0] != pos.shape[0]:
-            raise InvalidStructureError(f"{numbers.shape[0]} atomic numbers for {pos.shape[0]} positions")
-        known = {atomic_numbers[s] for s in spec.species}
-        unknown = sorted({chemical_symbols[z] for z in set(numbers.tolist()) - known})
-        if unknown:
-            raise UnknownSpeciesError(
-                f"the descriptor knows {', '.join(spec.species)}; the structure also has {', '.join(unknown)}"
-            )
+        numbers = check_numbers(spec, numbers, len(pos))
         self.spec = spec
         self.cell_bohr, self.pbc, self.numbers = cell, pbc, numbers
         self._all = PeriodicNeighbors(pos, cell, pbc)

@@ -26,11 +26,11 @@ import itertools
 import math
 
 import numpy as np
-from ase.data import atomic_numbers, chemical_symbols
+from ase.data import atomic_numbers
 
-from .descriptors import TIE_TOLERANCE_BOHR, Descriptors, DescriptorSpec, UnknownSpeciesError
-from .grid import Grid, InvalidStructureError
-from .neighbors import _plane_spacings, validate_positions
+from .descriptors import TIE_TOLERANCE_BOHR, Descriptors, DescriptorSpec, check_numbers
+from .grid import Grid
+from .neighbors import _plane_spacings, validate_positions, wrapped_fractional
 
 __all__ = ["LocalDescriptors", "LOCAL_MIN_ATOMS"]
 
@@ -52,18 +52,9 @@ class LocalDescriptors:
         if not all(pbc):
             raise ValueError("LocalDescriptors needs a fully periodic cell; use Descriptors for open directions")
         self.spec, self.cell_bohr = spec, cell
-        self.numbers = np.asarray(numbers, dtype=int).reshape(-1)
-        if self.numbers.shape[0] != pos.shape[0]:
-            raise InvalidStructureError(f"{self.numbers.shape[0]} atomic numbers for {pos.shape[0]} positions")
-        unknown = sorted({chemical_symbols[z] for z in set(self.numbers.tolist())}
-                         - set(spec.species))
-        if unknown:
-            raise UnknownSpeciesError(
-                f"the descriptor knows {', '.join(spec.species)}; the structure also has {', '.join(unknown)}")
-        # fractional coordinates wrapped exactly as PeriodicNeighbors wraps them
-        frac = pos @ np.linalg.inv(cell)
-        frac -= np.floor(frac)
-        self.frac = np.where(frac >= 1.0, 0.0, frac)
+        self.numbers = check_numbers(spec, numbers, len(pos))
+        self._inv_cell = np.linalg.inv(cell)
+        self.frac = wrapped_fractional(pos, self._inv_cell, pbc)  # as PeriodicNeighbors wraps them
         self.spacings_bohr = _plane_spacings(cell)
         self.n_bins = np.maximum(1, np.floor(self.spacings_bohr / _BIN_BOHR).astype(int))
         b = np.minimum((self.frac * self.n_bins).astype(int), self.n_bins - 1)
@@ -72,7 +63,6 @@ class LocalDescriptors:
         self._starts = np.searchsorted(flat[self._order], np.arange(int(np.prod(self.n_bins)) + 1))
         self.species_counts = {s: int(np.count_nonzero(self.numbers == atomic_numbers[s])) for s in spec.species}
         volume = abs(np.linalg.det(cell))
-        # first guess of R: the sphere holding 1.5 M atoms of the rarest present species, plus Set II reach
         # first guess of R: a little more than the sphere holding M atoms of the rarest present
         # species (Set II reaches d(M_s) + d_k, usually less); grown per block when too small
         rarest = min((c for c in self.species_counts.values() if c), default=1)
@@ -110,15 +100,6 @@ class LocalDescriptors:
         """The descriptor source of the points inside the fractional box [lo_frac, hi_frac]."""
         return BlockDescriptors(self, np.asarray(lo_frac, dtype=np.float64), np.asarray(hi_frac, dtype=np.float64))
 
-    def compute_block(self, points_bohr, lo_frac, hi_frac, batch_points: int | None = None,
-                      float64: bool = False) -> np.ndarray:
-        """(P, n_features) descriptors of ``points_bohr``, all inside the fractional box
-        [lo_frac, hi_frac] (float32 like :meth:`Descriptors.compute`, or float64)."""
-        pts = np.asarray(points_bohr, dtype=np.float64)
-        src = self.block(lo_frac, hi_frac)
-        step = int(batch_points) if batch_points else max(1, len(pts))
-        return np.concatenate([src.compute(pts[i:i + step], float64) for i in range(0, len(pts), step)])
-
     def _cluster_descriptors(self, lo_frac, hi_frac, radius) -> Descriptors | None:
         pos, num = self.cluster(lo_frac, hi_frac, radius)
         spec = self.spec
@@ -129,7 +110,17 @@ class LocalDescriptors:
             return None
         return Descriptors(spec, pos, num, self.cell_bohr, pbc=(False, False, False))
 
-    def _needed_radius(self, desc: Descriptors, out: np.ndarray, lo_frac, hi_frac) -> float:
+    def _reach(self, desc: Descriptors) -> tuple[np.ndarray, np.ndarray]:
+        """Fractional coordinates of a cluster's atoms and, for Set II, each atom's k-th neighbour
+        distance within the cluster (NaN-padded tie candidates ignored)."""
+        frac = desc._all.positions_bohr @ self._inv_cell
+        if not self.spec.m_s:
+            return frac, np.zeros(len(frac))
+        with np.errstate(invalid="ignore"):
+            r_k = np.nanmax(np.linalg.norm(desc._candidates, axis=-1), axis=1)
+        return frac, r_k
+
+    def _needed_radius(self, out: np.ndarray, atoms_frac: np.ndarray, r_k: np.ndarray, lo_frac, hi_frac) -> float:
         """The radius that every point's descriptor needed (see the module docstring)."""
         spec = self.spec
         need = spec.angular_cutoff_bohr if spec.has_angular else 0.0
@@ -144,12 +135,8 @@ class LocalDescriptors:
         if spec.m_s:
             # atoms that can be among the M_s nearest of some point: within d_ms of the box
             margin = d_ms / self.spacings_bohr
-            frac = desc._all.positions_bohr @ np.linalg.inv(self.cell_bohr)
-            near = np.all((frac >= np.asarray(lo_frac) - margin) & (frac <= np.asarray(hi_frac) + margin), axis=1)
-            cand = desc._candidates[near]
-            with np.errstate(invalid="ignore"):
-                r_k = np.nanmax(np.linalg.norm(cand, axis=-1), axis=1) if cand.size else np.zeros(0)
-            need = max(need, d_ms + float(np.max(r_k, initial=0.0)) + TIE_TOLERANCE_BOHR)
+            near = np.all((atoms_frac >= lo_frac - margin) & (atoms_frac <= hi_frac + margin), axis=1)
+            need = max(need, d_ms + float(np.max(r_k[near], initial=0.0)) + TIE_TOLERANCE_BOHR)
         # float32 outputs round the distances: a little slack keeps the check conservative
         return need * (1.0 + 1e-6)
 
@@ -168,7 +155,7 @@ class BlockDescriptors:
     def __init__(self, owner: LocalDescriptors, lo_frac: np.ndarray, hi_frac: np.ndarray):
         self.owner, self.lo_frac, self.hi_frac = owner, lo_frac, hi_frac
         self.radius_bohr = owner.radius_bohr
-        self._desc = None
+        self._desc = self._reach = None
 
     def compute(self, points_bohr, float64: bool = False) -> np.ndarray:
         """(P, n_features) descriptors (float32, or float64) of points inside the box."""
@@ -179,8 +166,9 @@ class BlockDescriptors:
                 if self._desc is None:
                     self.radius_bohr *= 1.5
                     continue
+                self._reach = self.owner._reach(self._desc)
             out = self._desc.compute_float64(pts) if float64 else self._desc.compute(pts)
-            need = self.owner._needed_radius(self._desc, out, self.lo_frac, self.hi_frac)
+            need = self.owner._needed_radius(out, *self._reach, self.lo_frac, self.hi_frac)
             if need <= self.radius_bohr:
                 return out
             self.radius_bohr = max(need * 1.05, self.radius_bohr * 1.25)

@@ -51,6 +51,16 @@ def validate_positions(positions_bohr, cell_bohr, pbc, what: str = "structure") 
     return pos, cell, pbc
 
 
+def wrapped_fractional(positions_bohr: np.ndarray, inv_cell: np.ndarray, periodic) -> np.ndarray:
+    """Fractional coordinates, in [0, 1) along the periodic directions."""
+    periodic = np.asarray(periodic, dtype=bool)
+    frac = positions_bohr @ inv_cell
+    frac[:, periodic] -= np.floor(frac[:, periodic])
+    # floor() can give exactly 1.0 for tiny negative numbers; fold those back to 0
+    frac[:, periodic] = np.where(frac[:, periodic] >= 1.0, 0.0, frac[:, periodic])
+    return frac
+
+
 def _plane_spacings(cell: np.ndarray) -> np.ndarray:
     """Distance between neighbouring lattice planes for each lattice direction: V / |a_j x a_k|."""
     volume = abs(np.linalg.det(cell))
@@ -74,10 +84,7 @@ class PeriodicNeighbors:
         self.pbc = pbc
         self._inv_cell = np.linalg.inv(cell)
         self._periodic = np.array(pbc)
-        frac = pos @ self._inv_cell
-        frac[:, self._periodic] -= np.floor(frac[:, self._periodic])
-        # floor() can give exactly 1.0 for tiny negative numbers; fold those back to 0
-        frac[:, self._periodic] = np.where(frac[:, self._periodic] >= 1.0, 0.0, frac[:, self._periodic])
+        frac = wrapped_fractional(pos, self._inv_cell, self._periodic)
         self.frac_positions = frac
         self.positions_bohr = frac @ cell  # wrapped into the cell along periodic directions
         self.n_atoms = pos.shape[0]

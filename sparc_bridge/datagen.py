@@ -291,9 +291,11 @@ class DatagenPlan:
             md.pop("rattle_ang_per_sqrt_k")
         return {"structure": structure, "md": md, "sparc": _jsonable(asdict(self.sparc_settings(symbols)))}
 
-    def species(self) -> list[str]:
-        """Every element the snapshots can contain (host and alloying element)."""
-        symbols = sorted(set(self.build_structure().get_chemical_symbols()))
+    def species(self, structure=None) -> list[str]:
+        """Every element the snapshots can contain (host and alloying element); ``structure``:
+        the one :meth:`build_structure` gives, when the caller has it already."""
+        structure = self.build_structure() if structure is None else structure
+        symbols = sorted(set(structure.get_chemical_symbols()))
         if self.bulk is not None and self.bulk.alloy_element and self.bulk.alloy_element not in symbols:
             symbols.append(self.bulk.alloy_element)
         return symbols
@@ -558,7 +560,7 @@ def run_datagen(plan: DatagenPlan, out_dir, command: str | None = None, timeout_
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / SAMPLES_DIR).mkdir(exist_ok=True)
     structure = plan.build_structure()
-    symbols = plan.species()
+    symbols = plan.species(structure)
     settings = plan.sparc_settings(symbols)
     recipe = plan.recipe(symbols)
     planned = plan_snapshots(plan)
