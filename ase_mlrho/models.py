@@ -7,6 +7,9 @@ species and valence electrons, mesh spacing, default number of weight samples, c
 range of epistemic sigma seen on validation data (for out-of-distribution warnings), training
 provenance and lineage, and the sha256 of the tensors. No pickle is ever loaded.
 
+Format version 2 adds ensembles (``ensemble_size`` in the metadata; tensors ``members.<i>.*``);
+version 1 files (single networks) still load.
+
 Shipped models live in ``ase_mlrho/models/<name>.safetensors`` and load by name (``"al-pbe"``).
 """
 
@@ -23,11 +26,13 @@ from ase.data import atomic_numbers, chemical_symbols
 
 from . import __version__
 from .descriptors import DescriptorSpec, UnknownSpeciesError
-from .model import DensityNetwork, NetworkConfig, Prediction
+from .model import DensityEnsemble, DensityNetwork, NetworkConfig, Prediction
 
 __all__ = ["MLRhoModel", "ModelFileError", "load_model", "save_model", "shipped_models", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: versions this code reads (1: single networks only)
+READABLE_FORMAT_VERSIONS = (1, 2)
 FORMAT_NAME = "ase-mlrho-model"
 SHIPPED_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL = "al-pbe"
@@ -41,8 +46,13 @@ class ModelFileError(ValueError):
 class MLRhoModel:
     """A trained density model: the network plus the metadata that says how to use it."""
 
-    network: DensityNetwork
+    network: DensityNetwork | DensityEnsemble
     metadata: dict = field(default_factory=dict)
+
+    @property
+    def ensemble_size(self) -> int:
+        """Number of ensemble members (1 for a single network)."""
+        return len(self.network.members) if isinstance(self.network, DensityEnsemble) else 1
 
     @property
     def spec(self) -> DescriptorSpec:
@@ -93,7 +103,7 @@ class MLRhoModel:
         return self.network.predict(desc, n, seed, weight_sets)
 
 
-def _tensors(network: DensityNetwork) -> dict[str, torch.Tensor]:
+def _tensors(network: DensityNetwork | DensityEnsemble) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().clone() for k, v in network.state_dict().items()}
 
 
@@ -106,6 +116,15 @@ def weights_sha256(tensors: dict[str, torch.Tensor]) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.numpy().tobytes())
     return h.hexdigest()
+
+
+def _scalers(network) -> dict:
+    nets = network.members if isinstance(network, DensityEnsemble) else [network]
+    y_mean = [float(n.y_mean) for n in nets]
+    y_std = [float(n.y_std) for n in nets]
+    if len(nets) == 1:
+        return {"y_mean_e_per_bohr3": y_mean[0], "y_std_e_per_bohr3": y_std[0]}
+    return {"y_mean_e_per_bohr3": y_mean, "y_std_e_per_bohr3": y_std}
 
 
 def save_model(model: MLRhoModel, path) -> Path:
@@ -124,12 +143,13 @@ def save_model(model: MLRhoModel, path) -> Path:
         descriptor_spec=model.spec.to_dict(),
         network_config=model.network.config.to_dict(),
         species=list(model.species),
-        scalers={
-            "y_mean_e_per_bohr3": float(model.network.y_mean),
-            "y_std_e_per_bohr3": float(model.network.y_std),
-        },
+        scalers=_scalers(model.network),
         weights_sha256=weights_sha256(tensors),
     )
+    if model.ensemble_size > 1:
+        meta["ensemble_size"] = model.ensemble_size
+    else:
+        meta.pop("ensemble_size", None)
     meta.setdefault("calibration", {})["sigma_scale"] = float(model.network.sigma_scale)
     model.metadata = meta
     blob = save(tensors, metadata={"ase_mlrho": json.dumps(meta, sort_keys=True)})
@@ -176,10 +196,11 @@ def load_model(name_or_path=DEFAULT_MODEL) -> MLRhoModel:
                              "the file is corrupt or truncated: re-download or retrain it") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise ModelFileError(f"{path}: a safetensors file, but not an ase-mlrho model (no '{FORMAT_NAME}' metadata)")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_FORMAT_VERSIONS:
         raise ModelFileError(
             f"{path}: model format version {meta.get('format_version')} but this ase-mlrho "
-            f"({__version__}) reads version {FORMAT_VERSION}; install a matching ase-mlrho or retrain the model"
+            f"({__version__}) reads versions {', '.join(map(str, READABLE_FORMAT_VERSIONS))}; "
+            "install a matching ase-mlrho or retrain the model"
         )
     try:
         tensors = load(data)
@@ -189,7 +210,12 @@ def load_model(name_or_path=DEFAULT_MODEL) -> MLRhoModel:
         raise ModelFileError(f"{path}: tensor checksum mismatch: the weights were altered or corrupted")
     try:
         spec = DescriptorSpec.from_dict(meta["descriptor_spec"])
-        network = DensityNetwork(spec, NetworkConfig.from_dict(meta["network_config"]))
+        config = NetworkConfig.from_dict(meta["network_config"])
+        n_members = int(meta.get("ensemble_size", 1))
+        if n_members > 1:
+            network = DensityEnsemble([DensityNetwork(spec, config) for _ in range(n_members)])
+        else:
+            network = DensityNetwork(spec, config)
         network.load_state_dict(tensors, strict=True)
     except (KeyError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{path}: metadata and tensors do not fit together ({exc})") from None

@@ -22,13 +22,13 @@ import copy
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 
 from .descriptors import Descriptors, DescriptorSpec
-from .model import DensityNetwork, NetworkConfig
+from .model import DensityEnsemble, DensityNetwork, NetworkConfig
 from .models import MLRhoModel
 from .uncertainty import calibrated_scale, coverage, miscalibration_area
 
@@ -47,6 +47,7 @@ class TrainingConfig:
     baseline_ridge: float = 1e-3
     n_samples: int = 8
     seed: int = 0
+    ensemble: int = 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,14 +132,62 @@ def _validation_scores(network: DensityNetwork, x: torch.Tensor, y: torch.Tensor
 def train_model(train_snapshots, val_snapshots, spec: DescriptorSpec, net_config: NetworkConfig = NetworkConfig(),
                 config: TrainingConfig = TrainingConfig(), name: str = "model", checkpoint=None,
                 progress: bool = True, log=None, extra_metadata: dict | None = None) -> MLRhoModel:
-    """Train a model on ``train_snapshots``, early-stop and calibrate on ``val_snapshots``."""
+    """Train a model on ``train_snapshots``, early-stop and calibrate on ``val_snapshots``.
+
+    With ``config.ensemble`` = K > 1, K networks are trained (member i with seed ``config.seed + i``,
+    so on other sampled grid points and from another initialisation) and calibrated together as a
+    :class:`~ase_mlrho.model.DensityEnsemble`.
+    """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if not train_snapshots or not val_snapshots:
         raise ValueError("training needs at least one training and one validation snapshot")
+    if config.ensemble < 1:
+        raise ValueError(f"ensemble must be >= 1 member, got {config.ensemble}")
     t0 = time.perf_counter()
+    val = build_dataset(val_snapshots, spec, config.val_points_per_snapshot, config.seed + 1, progress)
+    members, runs = [], []
+    for i in range(config.ensemble):
+        member_config = replace(config, seed=config.seed + i)
+        member_name = name if config.ensemble == 1 else f"{name}[{i}]"
+        network, history, best_epoch = _train_network(train_snapshots, val, spec, net_config, member_config,
+                                                      member_name, checkpoint, progress, log)
+        members.append(network)
+        runs.append({"seed": member_config.seed, "best_epoch": best_epoch, "epochs_run": len(history),
+                     "history": history})
+    network = members[0] if len(members) == 1 else DensityEnsemble(members)
+
+    scale, err, sig_total, epi = calibrate(network, val, config)
+    seconds = time.perf_counter() - t0
+    training = {
+        "train_snapshots": [_provenance(s) for s in train_snapshots],
+        "validation_snapshots": [_provenance(s) for s in val_snapshots],
+        "config": asdict(config),
+        "best_epoch": runs[0]["best_epoch"],
+        "epochs_run": runs[0]["epochs_run"],
+        "seconds": seconds,
+        "threads": torch.get_num_threads(),
+        "history": runs[0]["history"],
+    }
+    if len(runs) > 1:
+        training["members"] = runs
+    metadata = {
+        "name": name,
+        "n_samples": config.n_samples,
+        **validation_uncertainty_metadata(err, sig_total, epi, CALIBRATION_METHOD, scale),
+        "training": training,
+        "lineage": [],
+    }
+    metadata.update(_species_metadata(spec, train_snapshots))
+    metadata.update(extra_metadata or {})
+    return MLRhoModel(network, metadata)
+
+
+def _train_network(train_snapshots, val: Dataset, spec: DescriptorSpec, net_config: NetworkConfig,
+                   config: TrainingConfig, name: str, checkpoint, progress: bool, log):
+    """One network: sample its training points (seeded by ``config.seed``), fit the baseline and the
+    scalers, minimise the ELBO. Returns (network with sigma_scale 1, history, best epoch)."""
     torch.manual_seed(config.seed)
     train = build_dataset(train_snapshots, spec, config.points_per_snapshot, config.seed, progress)
-    val = build_dataset(val_snapshots, spec, config.val_points_per_snapshot, config.seed + 1, progress)
     network = DensityNetwork(spec, net_config)
     fit_baseline(network, train.desc, train.rho, config.baseline_ridge)
     _fit_scalers(network, train.desc, train.rho)
@@ -147,28 +196,7 @@ def train_model(train_snapshots, val_snapshots, spec: DescriptorSpec, net_config
     y_tr = network.target(x_tr, torch.as_tensor(train.rho)).to(torch.float32)
     y_va = network.target(x_va, torch.as_tensor(val.rho)).to(torch.float32)
     history, best_epoch = optimise(network, x_tr, y_tr, x_va, y_va, config, name, checkpoint, progress, log)
-
-    scale, err, sig_total, epi = calibrate(network, val, config)
-    seconds = time.perf_counter() - t0
-    metadata = {
-        "name": name,
-        "n_samples": config.n_samples,
-        **validation_uncertainty_metadata(err, sig_total, epi, CALIBRATION_METHOD, scale),
-        "training": {
-            "train_snapshots": [_provenance(s) for s in train_snapshots],
-            "validation_snapshots": [_provenance(s) for s in val_snapshots],
-            "config": asdict(config),
-            "best_epoch": best_epoch,
-            "epochs_run": len(history),
-            "seconds": seconds,
-            "threads": torch.get_num_threads(),
-            "history": history,
-        },
-        "lineage": [],
-    }
-    metadata.update(_species_metadata(spec, train_snapshots))
-    metadata.update(extra_metadata or {})
-    return MLRhoModel(network, metadata)
+    return network, history, best_epoch
 
 
 def optimise(network: DensityNetwork, x_tr, y_tr, x_va, y_va, config: TrainingConfig, name: str = "model",
@@ -224,7 +252,7 @@ def optimise(network: DensityNetwork, x_tr, y_tr, x_va, y_va, config: TrainingCo
     return history, best[2]
 
 
-def calibrate(network: DensityNetwork, val: Dataset, config: TrainingConfig):
+def calibrate(network: DensityNetwork | DensityEnsemble, val: Dataset, config: TrainingConfig):
     """Fit the sigma calibration factor on validation points (uncertainty.calibrated_scale) and store
     it in the network. Returns (factor, errors, calibrated total sigma, calibrated epistemic sigma)."""
     network.sigma_scale.fill_(1.0)

@@ -110,6 +110,9 @@ def finetune_model(base: MLRhoModel, train_snapshots, val_snapshots, n_frozen: i
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if not train_snapshots or not val_snapshots:
         raise ValueError("fine-tuning needs at least one training and one validation snapshot")
+    if base.ensemble_size > 1:
+        raise ValueError(f"model '{base.name}' is an ensemble of {base.ensemble_size} networks; fine-tuning "
+                         "works on single-network models (train the base model with --ensemble 1)")
     _check_snapshots(base, train_snapshots, "fine-tuning")
     _check_snapshots(base, val_snapshots, "validation")
     method = base.metadata.get("calibration", {}).get("method", _CALIBRATION_METHOD)

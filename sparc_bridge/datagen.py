@@ -272,7 +272,9 @@ class DatagenPlan:
     def prefix(self) -> str:
         if self.name_prefix:
             return self.name_prefix
-        return self.bulk.prefix if self.bulk is not None else Path(self.structure_file).stem
+        prefix = self.bulk.prefix if self.bulk is not None else Path(self.structure_file).stem
+        kpts = tuple(self.sparc.kpts) if self.sparc is not None else (1, 1, 1)
+        return prefix if kpts == (1, 1, 1) else f"{prefix}_k={'x'.join(map(str, kpts))}"
 
     def sparc_settings(self, symbols) -> SparcSettings:
         return self.sparc if self.sparc is not None else default_sparc_settings(symbols)

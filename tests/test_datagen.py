@@ -16,6 +16,7 @@ from ase_mlrho.cli import main
 from sparc_bridge import datagen
 from sparc_bridge.datagen import (BulkSpec, DatagenError, DatagenPlan, MDSettings, plan_snapshots, read_manifest,
                                   run_datagen, sample_trajectory, scf_converged, training_directories)
+from sparc_bridge.inputs import read_input_parameters
 
 TINY_MD = MDSettings(timestep_fs=2.0, equilibration_steps=20, frames_per_trajectory=1)
 
@@ -230,6 +231,23 @@ def test_cli_with_fake_sparc(tmp_path, fake_sparc, capsys):
                  "sparc-aimd"]) == 2
     assert not (tmp_path / "x").exists()
     assert "AIMD" in capsys.readouterr().err
+
+
+def test_cli_kpoint_grid_reaches_sparc_input_names_and_recipe(tmp_path, fake_sparc, capsys):
+    cmd, _ = fake_sparc
+    out = tmp_path / "data"
+    rc = main(["datagen", "--element", "Al", "--supercell", "1", "-T", "300", "--seeds", "7", "--steps", "10",
+               "--kpts", "2", "2", "2", "--kpoint-shift", "0.5", "-o", str(out), "--sparc-command", cmd, "--json",
+               "--no-progress"])
+    assert rc == 0
+    name = "al_n=1_k=2x2x2_T=300_seed=7"
+    assert json.loads(capsys.readouterr().out)["done"] == [name]
+    params = read_input_parameters(out / name)
+    assert list(params["KPOINT_GRID"]) == [2, 2, 2] and list(params["KPOINT_SHIFT"]) == [0.5, 0.5, 0.5]
+    recipe = json.loads((out / "manifest.json").read_text())["recipe"]["sparc"]
+    assert recipe["kpts"] == [2, 2, 2] and recipe["extra"] == [["KPOINT_SHIFT", [0.5, 0.5, 0.5]]]
+    assert main(["datagen", "--element", "Al", "-T", "300", "--kpts", "0", "1", "1", "-o", str(tmp_path / "y")]) == 2
+    assert "--kpts must be positive" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- real SPARC

@@ -25,6 +25,7 @@ def _fit(noise=0.1, epochs=25, seed=0):
     rng = np.random.default_rng(seed)
     x, y = _synthetic(4000, noise, rng)
     xv, yv = _synthetic(1000, noise, rng)
+    torch.manual_seed(seed)  # the initial weights: independent of which tests ran before in this process
     net = DensityNetwork(SPEC, NetworkConfig(hidden=(32, 32)))
     net.x_mean.fill_(3.0)
     net.x_std.fill_(0.6)
@@ -143,3 +144,71 @@ def test_corrupt_and_mismatched_model_files(tmp_path, fitted):
         load_model("no-such-model")
     with pytest.raises(ModelFileError, match="does not exist"):
         load_model(tmp_path / "missing.safetensors")
+
+
+# ---------------------------------------------------------------------------- ensembles
+@pytest.fixture(scope="module")
+def ensemble(fitted):
+    from ase_mlrho.model import DensityEnsemble
+
+    second, _ = _fit(seed=1)
+    return DensityEnsemble([fitted[0], second])
+
+
+def test_ensemble_prediction_is_the_mixture_of_its_members(ensemble):
+    """Brute force: each member predicted on its own with its share of weight samples and its seed."""
+    from ase_mlrho.model import _member_seed
+
+    x = np.linspace(2, 4, 101, dtype=np.float32)[:, None]
+    ensemble.sigma_scale.fill_(1.5)
+    try:
+        got = ensemble.predict(x, n_samples=5, seed=9)
+    finally:
+        ensemble.sigma_scale.fill_(1.0)
+    assert ensemble.samples_per_member(5) == [3, 2] and ensemble.samples_per_member(1) == [1, 1]
+    parts = [m.predict(x, n_samples=n, seed=_member_seed(9, i))
+             for i, (m, n) in enumerate(zip(ensemble.members, (3, 2)))]
+    means = np.stack([p.mean for p in parts])
+    np.testing.assert_allclose(got.mean, means.mean(axis=0), rtol=1e-12)
+    ale = np.sqrt(np.mean([p.sigma_aleatoric ** 2 for p in parts], axis=0))
+    epi = np.sqrt(np.mean([p.sigma_epistemic ** 2 for p in parts], axis=0) + np.var(means, axis=0))
+    np.testing.assert_allclose(got.sigma_aleatoric, 1.5 * ale, rtol=1e-12)
+    np.testing.assert_allclose(got.sigma_epistemic, 1.5 * epi, rtol=1e-12)
+    # repeatable for a seed; with 0 samples only the members' disagreement is left
+    again = ensemble.predict(x, n_samples=5, seed=9)
+    assert np.array_equal(again.mean, ensemble.predict(x, n_samples=5, seed=9).mean)
+    det = ensemble.predict(x, n_samples=0)
+    posterior_means = [m.predict(x, n_samples=0).mean for m in ensemble.members]
+    np.testing.assert_allclose(det.sigma_epistemic, np.std(posterior_means, axis=0), rtol=1e-12)
+
+
+def test_ensemble_disagrees_away_from_the_training_data(ensemble):
+    inside = np.linspace(2.2, 3.8, 50, dtype=np.float32)[:, None]
+    outside = np.linspace(7.0, 9.0, 50, dtype=np.float32)[:, None]
+    s_in = ensemble.predict(inside, n_samples=0).sigma_epistemic
+    s_out = ensemble.predict(outside, n_samples=0).sigma_epistemic
+    assert np.median(s_out) > 3 * np.median(s_in)
+
+
+def test_ensemble_save_load_roundtrip_is_exact(tmp_path, ensemble):
+    model = MLRhoModel(ensemble, {"name": "toy-ens", "valence_electrons": {"Al": 3.0}, "mesh_spacing_bohr": 0.25})
+    path = save_model(model, tmp_path / "ens.safetensors")
+    back = load_model(path)
+    assert back.ensemble_size == 2 and back.metadata["format_version"] == 2
+    assert len(back.metadata["scalers"]["y_std_e_per_bohr3"]) == 2
+    x = np.linspace(2, 4, 20, dtype=np.float32)[:, None]
+    a, b = model.predict(x, n_samples=4, seed=5), back.predict(x, n_samples=4, seed=5)
+    assert np.array_equal(a.mean, b.mean) and np.array_equal(a.sigma_total, b.sigma_total)
+    # a version-1 reader's file (single network) still loads
+    single = load_model(save_model(_model((ensemble.members[0], None)), tmp_path / "one.safetensors"))
+    assert single.ensemble_size == 1
+
+
+def test_ensemble_members_must_match():
+    from ase_mlrho.model import DensityEnsemble
+
+    a = DensityNetwork(SPEC, NetworkConfig(hidden=(8,)))
+    with pytest.raises(ValueError, match="at least two"):
+        DensityEnsemble([a])
+    with pytest.raises(ValueError, match="share one descriptor spec"):
+        DensityEnsemble([a, DensityNetwork(SPEC, NetworkConfig(hidden=(16,)))])

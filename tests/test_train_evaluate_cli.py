@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from ase_mlrho.cli import main
 from ase_mlrho.data import load_snapshot
@@ -70,3 +71,29 @@ def test_cli_errors_are_one_clear_line(tmp_path, al4_dir, capsys):
     assert "no shipped model named" in capsys.readouterr().err
     assert main(["train", str(al4_dir), "-o", str(tmp_path / "x.safetensors")]) == 2
     assert "at least two snapshots" in capsys.readouterr().err
+
+
+def test_train_an_ensemble_and_predict_with_it(tmp_path, al4_dir, capsys):
+    """`--ensemble 2`: two members with seeds 1 and 2, calibrated together, used like any model."""
+    out = tmp_path / "ens.safetensors"
+    args = [str(al4_dir), "--val", str(al4_dir), "--m", "12", "--m-s", "2", "--k", "3", "--hidden", "16,16",
+            "--epochs", "2", "--points", "2000", "--seed", "1"]
+    assert main(["train", *args, "--ensemble", "2", "-o", str(out)]) == 0
+    assert "(2 members)" in capsys.readouterr().out
+    model = load_model(out)
+    assert model.ensemble_size == 2
+    assert [m["seed"] for m in model.metadata["training"]["members"]] == [1, 2]
+    # member 0 is the network a plain run with seed 1 trains, bit for bit
+    single = tmp_path / "one.safetensors"
+    assert main(["train", *args, "-o", str(single)]) == 0
+    one = load_model(single).network.state_dict()
+    for k, v in model.network.members[0].state_dict().items():
+        if k != "sigma_scale":
+            assert torch.equal(v, one[k]), k
+    snap = load_snapshot(al4_dir)
+    pred = predict_field(model, snap.atoms, snap.grid, seed=0)
+    assert abs(pred.density.sum() * snap.grid.dv_bohr3 - 12.0) < 1e-9
+    assert np.all(pred.sigma_epistemic > 0)
+    assert main(["finetune", "-m", str(out), str(al4_dir), "--val", str(al4_dir), "--freeze", "1",
+                 "-o", str(tmp_path / "ft.safetensors")]) == 2
+    assert "ensemble of 2 networks" in capsys.readouterr().err

@@ -52,6 +52,11 @@ def register(subparsers) -> None:
     p.add_argument("--decorrelation-fs", type=float, default=200.0, help="time between kept frames (default 200 fs)")
     p.add_argument("--mesh-bohr", type=float, help="SPARC mesh spacing (default 0.25 Bohr, 0.4 with Si/Ge)")
     p.add_argument("--elec-temp-k", type=float, help="Fermi-Dirac electronic temperature (default 631.554 K)")
+    p.add_argument("--kpts", nargs=3, type=int, metavar="N",
+                   help="Monkhorst-Pack k-point grid (default 1 1 1, the Gamma point of the shared data); "
+                        "snapshot names get _k=N1xN2xN3")
+    p.add_argument("--kpoint-shift", type=float, metavar="S",
+                   help="KPOINT_SHIFT on every axis (SPARC's default 0; 0.5 gives a shifted grid)")
     p.add_argument("--tol-scf", type=float, default=1e-6)
     p.add_argument("--maxit-scf", type=int, default=100)
     p.add_argument("--sparc-command", help="SPARC command without -name (default: $ASE_SPARC_COMMAND)")
@@ -83,6 +88,14 @@ def _plan(args):
         changes["mesh_spacing_bohr"] = args.mesh_bohr
     if args.elec_temp_k is not None:
         changes["elec_temp_k"] = args.elec_temp_k
+    if args.kpts is not None:
+        if min(args.kpts) < 1:
+            raise ValueError(f"--kpts must be positive integers, got {' '.join(map(str, args.kpts))}")
+        changes["kpts"] = tuple(args.kpts)
+    if args.kpoint_shift is not None:
+        if not 0.0 <= args.kpoint_shift < 1.0:
+            raise ValueError(f"--kpoint-shift must be in [0, 1), got {args.kpoint_shift}")
+        changes["extra"] = (("KPOINT_SHIFT", [float(args.kpoint_shift)] * 3),)
     from dataclasses import replace
 
     return replace(plan, sparc=replace(base, **changes))

@@ -27,6 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("--points", type=int, help="grid points sampled per training snapshot")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--seed", type=int)
+    p.add_argument("--ensemble", type=int, metavar="K",
+                   help="train K networks (seeds SEED..SEED+K-1) and save them as one ensemble model (default 1)")
     p.add_argument("--checkpoint", help="checkpoint file written at every validation improvement")
     p.set_defaults(func=run)
 
@@ -43,7 +45,7 @@ def _configs(args):
     if args.hidden:
         n["hidden"] = [int(h) for h in args.hidden.split(",")]
     for key, val in (("epochs", args.epochs), ("points_per_snapshot", args.points), ("learning_rate", args.lr),
-                     ("seed", args.seed)):
+                     ("seed", args.seed), ("ensemble", args.ensemble)):
         if val is not None:
             t[key] = val
     for key in ("hidden", "radial_widths_bohr"):
@@ -81,7 +83,8 @@ def run(args) -> int:
                         extra_metadata={"training_command": command})
     save_model(model, out)
     cal = model.metadata["calibration"]
-    print(f"wrote {out}: {len(train)} training / {len(val)} validation snapshots, "
+    members = f" ({model.ensemble_size} members)" if model.ensemble_size > 1 else ""
+    print(f"wrote {out}{members}: {len(train)} training / {len(val)} validation snapshots, "
           f"{model.metadata['training']['seconds']:.0f} s, sigma scale {cal['sigma_scale']:.3f}, "
           f"validation 3-sigma coverage {cal['validation_coverage_3sigma']:.4f}")
     return 0
