@@ -12,6 +12,9 @@ Recipe (each step a function, in order):
    the +/- 3 sigma interval would cover less than a Gaussian's 99.73 %), and record
    the range of epistemic sigma seen there (for out-of-distribution warnings).
 
+With ``TrainingConfig.ensemble`` = K > 1, steps 1-3 run K times (seeds seed .. seed + K - 1: other
+sampled points, other initial weights) and step 4 calibrates the mixture (a deep ensemble).
+
 Validation is split by snapshot, never by grid point (neighbouring points are nearly identical,
 so a point-wise split leaks). Everything is seeded.
 """
