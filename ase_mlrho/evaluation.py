@@ -15,7 +15,7 @@ import numpy as np
 from .inference import FieldPrediction, predict_field
 from .uncertainty import coverage, miscalibration_area
 
-__all__ = ["SnapshotMetrics", "field_metrics", "evaluate_snapshots", "pooled_metrics"]
+__all__ = ["SnapshotMetrics", "eps_rho_percent", "field_metrics", "evaluate_snapshots", "pooled_metrics"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,11 @@ class SnapshotMetrics:
         return dict(self.__dict__)
 
 
+def eps_rho_percent(error, dv_bohr3: float, n_electrons: float) -> float:
+    """The density error per electron, (1/N_e) * integral |error| dV, in %."""
+    return float(100.0 * np.sum(np.abs(error)) * dv_bohr3 / n_electrons)
+
+
 def field_metrics(name: str, rho_pred, rho_ref, sigma_ale, sigma_epi, dv_bohr3: float, n_electrons: float,
                   seconds: float = 0.0) -> SnapshotMetrics:
     """Metrics of a (renormalised) predicted field against the reference field."""
@@ -45,7 +50,7 @@ def field_metrics(name: str, rho_pred, rho_ref, sigma_ale, sigma_epi, dv_bohr3: 
     rmse = float(np.sqrt(np.mean(err * err)))
     return SnapshotMetrics(
         name=name,
-        eps_rho_percent=float(100.0 * np.sum(np.abs(err)) * dv_bohr3 / n_electrons),
+        eps_rho_percent=eps_rho_percent(err, dv_bohr3, n_electrons),
         rmse_e_per_bohr3=rmse,
         nrmse_percent=float(100.0 * rmse / (rho_ref.max() - rho_ref.min())),
         coverage_1sigma=coverage(err, sig, 1),

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ase_mlrho.data import load_snapshot  # noqa: E402
+from ase_mlrho.evaluation import eps_rho_percent  # noqa: E402
 from ase_mlrho.inference import predict_field  # noqa: E402
 from ase_mlrho.models import load_model  # noqa: E402
 from sparc_bridge.harris_foulkes import harris_foulkes_energy  # noqa: E402
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
     print(f"{'kmax (2pi/L)':>12} {'replaced':>9} {'eps (%)':>8} {'HF - SCF (Ha/atom)':>19}")
     for kmax in args.kmax:
         rho, n = replace_low_g(pred, ref, kmax, args.no_bragg) if kmax > 0 else (pred, 0)
-        eps = 100.0 * np.abs(rho - ref).sum() * snap.grid.dv_bohr3 / snap.n_electrons
+        eps = eps_rho_percent(rho - ref, snap.grid.dv_bohr3, snap.n_electrons)
         with tempfile.TemporaryDirectory() as tmp:
             r = harris_foulkes_energy(snap.atoms, rho, snap.grid, SparcSettings(mesh_spacing_bohr=mesh), tmp)
         print(f"{kmax:>12g} {n:>9d} {eps:>8.3f} {r.energy_per_atom_ha - e_scf:>19.3e}", flush=True)

@@ -25,27 +25,20 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ase_mlrho.data import load_snapshot  # noqa: E402
-from ase_mlrho.evaluation import evaluate_snapshots  # noqa: E402
+from ase_mlrho.evaluation import eps_rho_percent, evaluate_snapshots  # noqa: E402
 from ase_mlrho.models import load_model  # noqa: E402
 from sparc_bridge.inputs import SparcSettings, write_scf_input  # noqa: E402
 from sparc_bridge.run import is_complete, parse_run, run_sparc  # noqa: E402
 
 
-def eps_percent(a, b, dv_bohr3: float, n_electrons: float) -> float:
-    """(1/N_e) * integral |a - b| dV in %."""
-    return float(100.0 * np.sum(np.abs(np.asarray(a) - np.asarray(b))) * dv_bohr3 / n_electrons)
-
-
-def kpoint_run(run_dir: Path, workdir: Path, kpts, shift: float, command=None, timeout_s=None) -> Path:
-    """The SCF of ``run_dir``'s cell with a k-point grid, in ``workdir/<name>`` (reused when complete)."""
-    snap = load_snapshot(run_dir)
-    directory = workdir / f"{run_dir.name}_k{'x'.join(map(str, kpts))}_s{shift:g}"
+def kpoint_run(snap, workdir: Path, kpts, shift: float, command=None, timeout_s=None) -> Path:
+    """The SCF of the Gamma-point snapshot ``snap``'s cell with a k-point grid, in ``workdir/<name>``
+    (reused when complete)."""
+    directory = workdir / f"{snap.name}_k{'x'.join(map(str, kpts))}_s{shift:g}"
     if not is_complete(directory):
         settings = SparcSettings(mesh_spacing_bohr=float(snap.provenance.get("mesh_spacing_bohr") or 0.25),
                                  kpts=tuple(kpts), extra=(("KPOINT_SHIFT", [shift] * 3),))
@@ -54,25 +47,28 @@ def kpoint_run(run_dir: Path, workdir: Path, kpts, shift: float, command=None, t
     return directory
 
 
-def compare(run_dir: Path, k_dir: Path, models) -> dict:
-    gamma, kpt = load_snapshot(run_dir), load_snapshot(k_dir)
+def compare(run_dir: Path, gamma, k_dir: Path, models) -> dict:
+    """Densities and energies of the Gamma-point run (``run_dir``, loaded as ``gamma``) and the
+    k-point run, and each model's eps against both."""
+    kpt = load_snapshot(k_dir)
     if gamma.density_e_per_bohr3.shape != kpt.density_e_per_bohr3.shape:
         raise ValueError(f"{run_dir} and {k_dir} have different grids")
     dv, ne = gamma.grid.dv_bohr3, gamma.n_electrons
+    k_result = parse_run(k_dir)
     rec = {
         "run": run_dir.name, "natoms": gamma.natoms, "kpoint_dir": str(k_dir),
         "e_gamma_per_atom_ha": parse_run(run_dir).free_energy_per_atom_ha,
-        "e_kpoints_per_atom_ha": parse_run(k_dir).free_energy_per_atom_ha,
-        "kpoint_wall_s": parse_run(k_dir).sparc_walltime_s,
-        "eps_gamma_vs_kpoints_percent": eps_percent(gamma.density_e_per_bohr3, kpt.density_e_per_bohr3, dv, ne),
+        "e_kpoints_per_atom_ha": k_result.free_energy_per_atom_ha,
+        "kpoint_wall_s": k_result.sparc_walltime_s,
+        "eps_gamma_vs_kpoints_percent": eps_rho_percent(gamma.density_e_per_bohr3 - kpt.density_e_per_bohr3, dv, ne),
         "models": {},
     }
     for name in models:
         _, _, preds = evaluate_snapshots(load_model(name), [gamma])
         rho = preds[0].density.reshape(gamma.density_e_per_bohr3.shape)
         rec["models"][name] = {
-            "eps_vs_gamma_percent": eps_percent(rho, gamma.density_e_per_bohr3, dv, ne),
-            "eps_vs_kpoints_percent": eps_percent(rho, kpt.density_e_per_bohr3, dv, ne),
+            "eps_vs_gamma_percent": eps_rho_percent(rho - gamma.density_e_per_bohr3, dv, ne),
+            "eps_vs_kpoints_percent": eps_rho_percent(rho - kpt.density_e_per_bohr3, dv, ne),
         }
     return rec
 
@@ -91,8 +87,9 @@ def main(argv=None) -> int:
     records = []
     print(f"{'run':<28} {'eps(G vs k) %':>13} {'E_G (Ha/at)':>13} {'E_k (Ha/at)':>13}  models: eps vs G / vs k (%)")
     for run in map(Path, args.runs):
-        k_dir = kpoint_run(run, Path(args.workdir), args.kpts, args.shift, timeout_s=args.timeout_s)
-        rec = compare(run, k_dir, args.models)
+        gamma = load_snapshot(run)
+        k_dir = kpoint_run(gamma, Path(args.workdir), args.kpts, args.shift, timeout_s=args.timeout_s)
+        rec = compare(run, gamma, k_dir, args.models)
         records.append(rec)
         models = "  ".join(f"{n} {m['eps_vs_gamma_percent']:.3f} / {m['eps_vs_kpoints_percent']:.3f}"
                            for n, m in rec["models"].items())
