@@ -13,7 +13,11 @@ error rises:
 
 With ``--hf`` (needs SPARC) it also takes the Harris-Foulkes energy of each predicted density
 (one SPARC diagonalisation, :func:`sparc_bridge.harris_foulkes.harris_foulkes_energy`) and
-reports HF - SCF in Ha/atom against the cell's own SCF energy.
+reports HF - SCF in Ha/atom against the cell's own SCF energy; when the model file carries a
+screening model (``mlrho screening``), also the second-order corrected energy of the same run
+(:mod:`sparc_bridge.screening`). ``--fixture F.npz`` saves, per cell, the long-wavelength Fourier
+components of rho_out - rho_in that the correction uses, with the energies, for the CI test
+``tests/test_screening.py``.
 
     python benchmarks/sige_alloys.py -m sige-pbe \\
         --group "x=0.5" ../shared/data/sparc/sige_T=1200_seed=6 data/sige/x05 \\
@@ -52,6 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=None)
     ap.add_argument("--hf", action="store_true", help="also Harris-Foulkes energies through SPARC")
     ap.add_argument("--json", help="write all figures to this JSON file")
+    ap.add_argument("--fixture", help="with --hf and a screening model: save the correction's inputs (npz)")
     args = ap.parse_args(argv)
 
     from ase_mlrho.data import load_snapshot
@@ -59,7 +64,7 @@ def main(argv=None) -> int:
     from ase_mlrho.models import load_model
 
     model = load_model(args.model)
-    rows, pooled_err, pooled_epi = [], [], []
+    rows, pooled_err, pooled_epi, fixture = [], [], [], {}
     for name, *dirs in args.group:
         for d in expand(dirs):
             snap = load_snapshot(d)
@@ -74,7 +79,7 @@ def main(argv=None) -> int:
                    "spearman_abs_error_vs_sigma_epi": spearman(err, epi),
                    "error_ratio_top_vs_bottom_decile_sigma_epi": float(err[epi >= hi].mean() / err[epi <= lo].mean())}
             if args.hf:
-                row.update(harris_foulkes(model, snap, pred))
+                row.update(harris_foulkes(model, snap, pred, fixture))
             rows.append(row)
             pooled_err.append(err)
             pooled_epi.append(epi)
@@ -104,6 +109,9 @@ def main(argv=None) -> int:
         if args.hf:
             summary["groups"][name]["hf_error_ha_per_atom_max_abs"] = float(
                 np.max([abs(r["hf_error_ha_per_atom"]) for r in g]))
+            if all(r.get("hf_corrected_error_ha_per_atom") is not None for r in g):
+                summary["groups"][name]["hf_corrected_error_ha_per_atom_max_abs"] = float(
+                    np.max([abs(r["hf_corrected_error_ha_per_atom"]) for r in g]))
     print("\n| group | cells | eps mean (%) | eps max (%) | min 3-sigma coverage | mean epistemic sigma (e/Bohr^3) |"
           + (" max abs(HF - SCF) (Ha/atom) |" if args.hf else ""))
     print("|---|---|---|---|---|---|" + ("---|" if args.hf else ""))
@@ -117,24 +125,47 @@ def main(argv=None) -> int:
           f"Pearson(eps, mean total sigma) = {summary['pearson_eps_vs_mean_sigma_total']}; "
           f"within cells (pooled points): Spearman(|error|, epistemic sigma) = "
           f"{summary['spearman_abs_error_vs_sigma_epi_pooled']:.3f}")
+    for name, g in summary["groups"].items():
+        if "hf_corrected_error_ha_per_atom_max_abs" in g:
+            print(f"{name}: max abs(HF + second order - SCF) = {g['hf_corrected_error_ha_per_atom_max_abs']:.1e} Ha/atom")
+    if args.fixture and fixture:
+        Path(args.fixture).parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(args.fixture, **fixture)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"summary": summary, "cells": rows}, indent=1))
     return 0
 
 
-def harris_foulkes(model, snap, pred) -> dict:
-    """HF energy of the predicted density vs the cell's own SCF energy (Ha/atom)."""
-    from sparc_bridge.harris_foulkes import harris_foulkes_energy
-    from sparc_bridge.inputs import SparcSettings
+def harris_foulkes(model, snap, pred, fixture: dict) -> dict:
+    """HF energy of the predicted density vs the cell's own SCF energy (Ha/atom), and the second-order
+    corrected one when the model carries a screening model (its inputs are added to ``fixture``)."""
+    from sparc_bridge.density_file import read_density
+    from sparc_bridge.harris_foulkes import harris_foulkes_energy, prepare_density
+    from sparc_bridge.inputs import DEFAULT_LABEL, SparcSettings
+    from sparc_bridge.screening import ScreeningModel, mean_xc_kernel, reciprocal_norms
 
     settings = SparcSettings(mesh_spacing_bohr=model.mesh_spacing_bohr)
+    screening = ScreeningModel.from_metadata(model.metadata)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mlrho-hf-") as tmp:
-        r = harris_foulkes_energy(snap.atoms, pred.density, snap.grid, settings, directory=tmp)
+        r = harris_foulkes_energy(snap.atoms, pred.density, snap.grid, settings, directory=tmp, screening=screening)
+        if screening is not None:
+            rho_in = prepare_density(pred.density, snap.grid, r.n_electrons).density_e_per_bohr3
+            rho_out = read_density(Path(tmp) / f"{DEFAULT_LABEL}.dens").density_e_per_bohr3
+            q = reciprocal_norms(rho_in.shape, snap.grid.cell_bohr)
+            keep = (q > 0) & (q < r.second_order.q_cut_per_bohr)
+            fixture[f"{snap.name}/q_per_bohr"] = q[keep]
+            fixture[f"{snap.name}/residual_g"] = (np.fft.fftn(rho_out - rho_in) / rho_in.size)[keep]
+            fixture[f"{snap.name}/scalars"] = np.array([abs(np.linalg.det(snap.grid.cell_bohr)), mean_xc_kernel(rho_in),
+                                                        len(snap.atoms), r.energy_per_atom_ha,
+                                                        snap.free_energy_ha / len(snap.atoms)])
     e_scf = snap.free_energy_ha / len(snap.atoms)
+    e_corr = r.corrected_energy_per_atom_ha
     return {"hf_energy_ha_per_atom": r.energy_per_atom_ha, "scf_energy_ha_per_atom": e_scf,
             "hf_error_ha_per_atom": r.energy_per_atom_ha - e_scf, "hf_first_scf_error": r.first_scf_error,
+            "hf_corrected_energy_ha_per_atom": e_corr,
+            "hf_corrected_error_ha_per_atom": None if e_corr is None else e_corr - e_scf,
             "hf_seconds": time.perf_counter() - t0}
 
 
@@ -145,6 +176,8 @@ def _format_row(r: dict) -> str:
             f"spearman(|err|,epi)={r['spearman_abs_error_vs_sigma_epi']:.3f}")
     if "hf_error_ha_per_atom" in r:
         text += f" HF-SCF={r['hf_error_ha_per_atom']:+.2e} Ha/atom"
+    if r.get("hf_corrected_error_ha_per_atom") is not None:
+        text += f" corrected-SCF={r['hf_corrected_error_ha_per_atom']:+.2e} Ha/atom"
     return text
 
 

@@ -18,7 +18,7 @@ such provider, SPARC's own converged density another (used in the tests).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +29,7 @@ from ase.units import Bohr, Hartree
 from ase_mlrho.data import valence_electrons
 from ase_mlrho.grid import Grid
 
-from .density_file import write_density
+from .density_file import read_density, write_density
 from .inputs import (
     DEFAULT_LABEL,
     DEFAULT_RHO_TRIGGER,
@@ -41,6 +41,7 @@ from .inputs import (
     write_warm_start_input,
 )
 from .run import SparcResult, resolve_command, run_sparc
+from .screening import ScreeningModel, SecondOrderCorrection, second_order_correction
 
 __all__ = [
     "GridMismatchError",
@@ -54,6 +55,8 @@ __all__ = [
     "warm_start_comparison",
     "HarrisFoulkesCalculator",
     "DensityProvider",
+    "ScreeningCalibration",
+    "calibrate_screening",
 ]
 
 DensityProvider = Callable[[object], tuple]
@@ -80,7 +83,12 @@ class PreparedDensity:
 
 @dataclass(frozen=True)
 class HarrisFoulkesResult:
-    """A Harris-Foulkes evaluation: energy (Ha), density diagnostics, timings (s) and the run."""
+    """A Harris-Foulkes evaluation: energy (Ha), density diagnostics, timings (s) and the run.
+
+    With a screening model, ``second_order`` holds the estimated second-order correction
+    (:mod:`sparc_bridge.screening`) and ``corrected_energy_ha`` / ``corrected_energy_per_atom_ha``
+    the corrected energy; without one they are None.
+    """
 
     energy_ha: float
     energy_per_atom_ha: float
@@ -92,10 +100,20 @@ class HarrisFoulkesResult:
     sparc_wall_s: float
     total_s: float
     run: SparcResult
+    second_order: SecondOrderCorrection | None = None
 
     @property
     def energy_ev(self) -> float:
         return self.energy_ha * Hartree
+
+    @property
+    def corrected_energy_ha(self) -> float | None:
+        return None if self.second_order is None else self.energy_ha + self.second_order.correction_ha
+
+    @property
+    def corrected_energy_per_atom_ha(self) -> float | None:
+        e = self.corrected_energy_ha
+        return None if e is None else e / self.run.natoms
 
 
 @dataclass(frozen=True)
@@ -189,14 +207,22 @@ def harris_foulkes_energy(
     command: str | None = None,
     timeout_s: float | None = None,
     label: str = DEFAULT_LABEL,
+    screening: ScreeningModel | None = None,
 ) -> HarrisFoulkesResult:
     """Harris-Foulkes free energy of ``density_e_per_bohr3`` (on ``grid``) for ``atoms``, by one SPARC diagonalisation.
 
     The density is clipped at 0 and renormalised to the exact valence electron count, written as
     SPARC's input density, and one SPARC run (``MAXIT_SCF 1``, ``hf.rho_trigger`` CheFSI passes) is
     made in ``directory``. Returns the energy in Ha and Ha/atom, the first-iteration SCF error and timings.
+
+    With ``screening`` (a material's :class:`~sparc_bridge.screening.ScreeningModel`, e.g. from
+    the model file), SPARC also prints the output density of that diagonalisation (its first mixing
+    step switched off, which leaves the energy unchanged) and the result carries the second-order
+    correction estimated from it, at no extra SPARC cost.
     """
     t0 = time.perf_counter()
+    if screening is not None and not hf.print_output_density:
+        hf = replace(hf, print_output_density=True)
     check_grid(atoms, grid, settings)
     command = resolve_command(command)  # fail before any work when SPARC is not configured
     prepared = prepare_density(density_e_per_bohr3, grid, n_valence_electrons(atoms, settings.psp_dir))
@@ -205,6 +231,10 @@ def harris_foulkes_energy(
     write_input_density(directory / DENSITY_INPUT_NAME, atoms, prepared.density_e_per_bohr3, grid, settings.psp_dir)
     t1 = time.perf_counter()
     run = run_sparc(directory, label, command, timeout_s)
+    second = None
+    if screening is not None:
+        rho_out = read_density(directory / f"{label}.dens").density_e_per_bohr3
+        second = second_order_correction(prepared.density_e_per_bohr3, rho_out, grid.cell_bohr, screening)
     t2 = time.perf_counter()
     return HarrisFoulkesResult(
         energy_ha=run.free_energy_ha,
@@ -217,6 +247,7 @@ def harris_foulkes_energy(
         sparc_wall_s=t2 - t1,
         total_s=t2 - t0,
         run=run,
+        second_order=second,
     )
 
 
@@ -262,6 +293,8 @@ class HarrisFoulkesCalculator(Calculator):
     hf : :class:`HarrisFoulkesSettings` (RHO_TRIGGER, CHEB_DEGREE, FIX_RAND).
     directory : each evaluation runs SPARC in a fresh ``directory/hf_NNNN``.
     command, timeout_s : SPARC command (default: ``ASE_SPARC_COMMAND``) and time limit per run.
+    screening : a :class:`~sparc_bridge.screening.ScreeningModel`: the energy is then the
+        second-order corrected Harris-Foulkes energy (same single SPARC run).
 
     After a calculation, ``results`` holds ``energy`` and ``free_energy`` (eV), and
     ``last_result`` / ``last_uncertainty`` the full :class:`HarrisFoulkesResult` and the provider's summary.
@@ -277,6 +310,7 @@ class HarrisFoulkesCalculator(Calculator):
         directory=".",
         command: str | None = None,
         timeout_s: float | None = None,
+        screening: ScreeningModel | None = None,
         **kwargs,
     ):
         if not callable(density_provider):
@@ -287,6 +321,7 @@ class HarrisFoulkesCalculator(Calculator):
         self.hf = hf
         self.command = command
         self.timeout_s = timeout_s
+        self.screening = screening
         self.n_runs = 0
         self.last_result: HarrisFoulkesResult | None = None
         self.last_uncertainty: dict = {}
@@ -300,8 +335,58 @@ class HarrisFoulkesCalculator(Calculator):
         run_dir = Path(self.directory) / f"hf_{self.n_runs:04d}"
         self.n_runs += 1
         result = harris_foulkes_energy(
-            self.atoms, density, grid, self.settings, run_dir, self.hf, self.command, self.timeout_s
+            self.atoms, density, grid, self.settings, run_dir, self.hf, self.command, self.timeout_s,
+            screening=self.screening,
         )
         self.last_result = result
         self.last_uncertainty = dict(uncertainty or {})
-        self.results = {"energy": result.energy_ev, "free_energy": result.energy_ev}
+        energy_ev = result.energy_ev if result.second_order is None else result.corrected_energy_ha * Hartree
+        self.results = {"energy": energy_ev, "free_energy": energy_ev}
+
+
+# ----------------------------------------------------------------------------- screening calibration
+@dataclass(frozen=True)
+class ScreeningCalibration:
+    """A fitted :class:`~sparc_bridge.screening.ScreeningModel` and, per calibration cell, the plain
+    and corrected Harris-Foulkes errors against the cell's SCF energy (Ha/atom, in-sample)."""
+
+    screening: ScreeningModel
+    cells: tuple[dict, ...]
+
+
+def calibrate_screening(model, run_dirs, directory, hf: HarrisFoulkesSettings = HarrisFoulkesSettings(),
+                        command: str | None = None, timeout_s: float | None = None, log=None) -> ScreeningCalibration:
+    """Fit a material's screening model on SPARC reference runs (use training or validation cells,
+    never test cells): for each run, predict the density with ``model``, take one Harris-Foulkes
+    diagonalisation that also prints rho_out (in ``directory/<run name>``), and fit eps(q) to
+    rho_out - rho_in = -eps (rho_in - rho_SCF) (:func:`sparc_bridge.screening.fit_screening`)."""
+    from ase_mlrho.data import load_snapshot
+    from ase_mlrho.inference import predict_field
+
+    from .ml_provider import sparc_settings_for_model
+    from .run import parse_run
+    from .screening import fit_screening
+
+    log = log or (lambda msg: None)
+    settings = sparc_settings_for_model(model)
+    hf = replace(hf, print_output_density=True)
+    runs = []
+    for run_dir in map(Path, run_dirs):
+        snap = load_snapshot(run_dir)
+        check_grid(snap.atoms, snap.grid, settings)
+        prediction = predict_field(model, snap.atoms, snap.grid).density
+        work = Path(directory) / run_dir.name
+        result = harris_foulkes_energy(snap.atoms, prediction, snap.grid, settings, work, hf, command, timeout_s)
+        rho_in = prepare_density(prediction, snap.grid, result.n_electrons).density_e_per_bohr3
+        rho_out = read_density(work / f"{DEFAULT_LABEL}.dens").density_e_per_bohr3
+        runs.append((run_dir, snap, result, rho_in, rho_out, parse_run(run_dir).free_energy_per_atom_ha))
+        log(f"{run_dir.name}: HF - SCF {result.energy_per_atom_ha - runs[-1][-1]:+.3e} Ha/atom")
+    names = ", ".join(r[0].name for r in runs)
+    screening = fit_screening([(ri, ro, s.density_e_per_bohr3, s.grid.cell_bohr) for _, s, _, ri, ro, _ in runs],
+                              source=f"fit_screening on {len(runs)} cells: {names}")
+    cells = []
+    for run_dir, snap, result, rho_in, rho_out, e_scf in runs:
+        corr = second_order_correction(rho_in, rho_out, snap.grid.cell_bohr, screening)
+        cells.append({"run": run_dir.name, "error_hf_ha_per_atom": result.energy_per_atom_ha - e_scf,
+                      "error_corrected_ha_per_atom": result.energy_per_atom_ha + corr.correction_ha / snap.natoms - e_scf})
+    return ScreeningCalibration(screening, tuple(cells))

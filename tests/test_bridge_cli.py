@@ -76,6 +76,8 @@ out = head + "Timing (sec)\n" + "\n".join(rows) + "\nTotal number of SCF:" + tai
 static = re.sub(r"(Total free energy \(Ha\):\s*)\S+", lambda m: m.group(1) + "%.15E" % (e * natoms), static)
 pathlib.Path("SPARC.out").write_text(out)
 pathlib.Path("SPARC.static").write_text(static)
+if hf and param("PRINT_DENSITY") == "1":  # rho_out = rho_in: a zero residual
+    pathlib.Path("SPARC.dens").write_text(pathlib.Path(param("INPUT_DENS_FILE").split()[0]).read_text())
 '''
 
 
@@ -143,7 +145,8 @@ def test_ml_provider_refuses_other_species(toy_model):
 def test_missing_sparc_is_one_line_and_no_work(tmp_path, monkeypatch, capsys, al4_dir):
     monkeypatch.delenv("ASE_SPARC_COMMAND", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    for cmd in (["energy", str(al4_dir)], ["eos", str(al4_dir)], ["warmstart", str(al4_dir)]):
+    for cmd in (["energy", str(al4_dir)], ["eos", str(al4_dir)], ["warmstart", str(al4_dir)],
+                ["screening", str(al4_dir), "-o", str(tmp_path / "out.safetensors")]):
         workdir = tmp_path / f"w_{cmd[0]}"
         assert main(cmd + ["-m", "no-such-model", "--workdir", str(workdir)]) == 2
         err = capsys.readouterr().err
@@ -328,3 +331,38 @@ def test_energy_end_to_end_with_sparc(sparc_command, toy_model, al4_dir, tmp_pat
     assert abs(r["error_ha_per_atom"]) < 1e-3
     assert r["energy_scf_ha_per_atom"] == pytest.approx(-2.2635033471, abs=1e-10)
     assert (workdir / "hf" / MARKER_NAME).is_file()
+
+
+# ============================================================================ second-order correction plumbing
+def test_energy_reports_second_order_when_the_model_has_screening(fake_sparc, toy_model, al4_dir, tmp_path, capsys):
+    """A model file with a screening model: ``mlrho energy`` asks SPARC for rho_out and reports the
+    corrected energy (the fake SPARC returns rho_out = rho_in, so the correction is exactly 0);
+    ``--no-second-order`` and models without one report null."""
+    from ase_mlrho.models import load_model, save_model
+    from sparc_bridge.screening import ScreeningModel
+
+    model = load_model(toy_model)
+    model.metadata["hf_screening"] = ScreeningModel(12.0, 0.9, "test").to_dict()
+    screened = save_model(model, tmp_path / "screened.safetensors")
+    assert main(["energy", str(al4_dir), "-m", str(screened), "--workdir", str(tmp_path / "w1"), "--json"]) == 0
+    rep = _json(capsys)
+    assert abs(rep["second_order"]["correction_ha_per_atom"]) < 1e-20  # rho_out = rho_in up to the file's digits
+    assert rep["energy_corrected_ha_per_atom"] == pytest.approx(rep["energy_hf_ha_per_atom"], abs=1e-15)
+    assert rep["error_corrected_ha_per_atom"] == pytest.approx(rep["error_ha_per_atom"], abs=1e-15)
+    assert "PRINT_DENSITY: 1" in (tmp_path / "w1" / "hf" / "SPARC.inpt").read_text()
+    for extra, workdir in ((["--no-second-order"], "w2"), ([], "w3")):
+        model_path = str(screened) if extra else toy_model
+        assert main(["energy", str(al4_dir), "-m", model_path, "--workdir", str(tmp_path / workdir), "--json",
+                     *extra]) == 0
+        rep = _json(capsys)
+        assert rep["second_order"] is None and rep["energy_corrected_ha_per_atom"] is None
+        assert "PRINT_DENSITY: 0" in (tmp_path / workdir / "hf" / "SPARC.inpt").read_text()
+
+
+def test_screening_command_refuses_bad_output_name(fake_sparc, toy_model, al4_dir, tmp_path, capsys):
+    assert main(["screening", str(al4_dir), "-m", toy_model, "-o", str(tmp_path / "out.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mlrho screening: error:") and ".safetensors" in err
+    assert main(["screening", str(tmp_path / "nope"), "-m", toy_model, "-o", str(tmp_path / "o.safetensors")]) == 2
+    assert "is not a SPARC run directory" in capsys.readouterr().err
+    assert not (tmp_path / "o.safetensors").exists()

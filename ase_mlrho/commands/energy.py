@@ -6,8 +6,13 @@ predict (seeded) -> clip, renormalise -> write SPARC's input density -> one SPAR
 On a SPARC run directory the reference SCF energy is read from the run and the error reported;
 the reference run's own SCF wall time is reported beside the Harris-Foulkes cost.
 
+When the model file carries a fitted screening model (``hf_screening`` in its metadata, see
+:mod:`sparc_bridge.screening`), the same SPARC run also prints its output density and the
+second-order corrected energy is reported beside the plain one (``--no-second-order`` skips it).
+
 JSON keys: ``energy_hf_ha_per_atom``, ``energy_scf_ha_per_atom`` and ``error_ha_per_atom``
-(= HF - SCF; both null without a reference), ``scf_error_first_iteration`` (||rho_out - rho_in|| /
+(= HF - SCF; both null without a reference), ``energy_corrected_ha_per_atom`` and
+``error_corrected_ha_per_atom`` (null without a screening model), ``scf_error_first_iteration`` (||rho_out - rho_in|| /
 ||rho_out|| of the predicted density, a free measure of its quality), ``seconds`` (the whole
 evaluation: prediction + SPARC), and the details: stage timings, the uncertainty summary, the run
 directory.
@@ -35,6 +40,9 @@ def register(subparsers) -> None:
     p.add_argument("--rho-trigger", type=int, default=DEFAULT_RHO_TRIGGER,
                    help=f"CheFSI passes on the fixed input Hamiltonian (default {DEFAULT_RHO_TRIGGER}, "
                         "chosen by a convergence check; see sparc_bridge.inputs)")
+    p.add_argument("--no-second-order", action="store_true",
+                   help="do not add the second-order screened correction even if the model carries a "
+                        "screening model")
     p.set_defaults(func=run)
 
 
@@ -45,6 +53,7 @@ def run(args) -> int:
     from sparc_bridge.inputs import HarrisFoulkesSettings
     from sparc_bridge.ml_provider import MLDensityProvider, sparc_settings_for_model
     from sparc_bridge.run import SparcNotFoundError, SparcRunError
+    from sparc_bridge.screening import ScreeningModel
 
     name = "energy"
     try:
@@ -54,6 +63,7 @@ def run(args) -> int:
         return common.fail(name, exc)
 
     settings = sparc_settings_for_model(model)
+    screening = None if args.no_second_order else ScreeningModel.from_metadata(model.metadata)
     provider = MLDensityProvider(model, provider_settings)
     atoms = inp.atoms
     t0 = time.perf_counter()
@@ -61,7 +71,7 @@ def run(args) -> int:
         grid, density, uncertainty = provider(atoms)
         t_pred = time.perf_counter() - t0
         result = harris_foulkes_energy(atoms, density, grid, settings, workdir / "hf", hf, command,
-                                       args.timeout)
+                                       args.timeout, screening=screening)
     except (SparcRunError, GridMismatchError) as exc:
         return common.run_failed(name, exc)
     except SparcNotFoundError as exc:
@@ -72,6 +82,7 @@ def run(args) -> int:
 
     e_hf = result.energy_per_atom_ha
     e_scf = inp.scf_energy_ha_per_atom
+    e_corr = result.corrected_energy_per_atom_ha
     report = {
         "structure": inp.source,
         "natoms": len(atoms),
@@ -79,6 +90,14 @@ def run(args) -> int:
         "energy_hf_ha_per_atom": e_hf,
         "energy_scf_ha_per_atom": e_scf,
         "error_ha_per_atom": None if e_scf is None else e_hf - e_scf,
+        "energy_corrected_ha_per_atom": e_corr,
+        "error_corrected_ha_per_atom": None if e_scf is None or e_corr is None else e_corr - e_scf,
+        "second_order": None if result.second_order is None else {
+            "correction_ha_per_atom": result.second_order.correction_ha / len(atoms),
+            "mean_fxc_ha_bohr3": result.second_order.mean_fxc_ha_bohr3,
+            "q_cut_per_bohr": result.second_order.q_cut_per_bohr,
+            "n_components": result.second_order.n_components,
+            "screening": screening.to_dict()},
         "scf_error_first_iteration": result.first_scf_error,
         "seconds": seconds,
         "energy_hf_ev": result.energy_ev,
@@ -105,6 +124,12 @@ def run(args) -> int:
         err = e_hf - e_scf
         print(f"E_SCF reference  {e_scf:.10f} Ha/atom")
         print(f"error HF - SCF   {err:+.3e} Ha/atom ({err * Hartree * 1000:+.3f} meV/atom)")
+    if e_corr is not None:
+        print(f"E_HF + 2nd order {e_corr:.10f} Ha/atom (screened second-order correction "
+              f"{e_corr - e_hf:+.3e} Ha/atom)")
+        if e_scf is not None:
+            err = e_corr - e_scf
+            print(f"error corr - SCF {err:+.3e} Ha/atom ({err * Hartree * 1000:+.3f} meV/atom)")
     print(f"SCF error it. 1  {result.first_scf_error:.3e} (||rho_out - rho_in|| / ||rho_out||)")
     ref = "" if inp.scf_walltime_s is None else \
         f"; reference SCF {inp.scf_walltime_s:.1f} s, {inp.scf_iterations} iterations"
