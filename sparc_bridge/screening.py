@@ -182,7 +182,8 @@ def fit_screening(cells, source: str = "") -> ScreeningModel:
     ``cells``: iterable of ``(rho_in, rho_out, rho_scf, cell_bohr)``. In each, R = rho_out - rho_in
     and delta = rho_in - rho_scf obey R(G) = -eps(q) delta(G) to first order; the fit minimises
     sum 4 pi / q^2 |R + eps delta|^2 over 0 < q < q* (Hartree-weighted, the components the
-    correction uses), by least squares in (log(eps0 - 1), log k2).
+    correction uses), each cell's terms divided by its own sum 4 pi / q^2 |R|^2 so that every cell
+    counts alike however large its density error, by least squares in (log(eps0 - 1), log k2).
     """
     from scipy.optimize import least_squares
 
@@ -195,14 +196,17 @@ def fit_screening(cells, source: str = "") -> ScreeningModel:
         m = (q > 1e-12) & (q < q_cut)
         r = (np.fft.fftn(np.asarray(rho_out) - rho_in) / n)[m]
         d = (np.fft.fftn(rho_in - np.asarray(rho_scf)) / n)[m]
-        blocks.append((q[m], r, d, np.sqrt(4.0 * math.pi) / q[m]))
+        w = np.sqrt(4.0 * math.pi) / q[m]
+        norm = float(np.linalg.norm(w * r))
+        if not norm > 0:
+            raise ValueError("a calibration cell has no long-wavelength residual (rho_out = rho_in?)")
+        blocks.append((q[m], r, d, w / norm))
     if not blocks:
         raise ValueError("fit_screening needs at least one cell")
-    scale = 1.0 / max(float(np.max(np.abs(b[1] * b[3]))) for b in blocks)
 
     def residuals(p):
         model = ScreeningModel(1.0 + math.exp(p[0]), math.exp(p[1]))
-        out = [(w * (r + model.epsilon(q) * d) * scale) for q, r, d, w in blocks]
+        out = [(w * (r + model.epsilon(q) * d)) for q, r, d, w in blocks]
         return np.concatenate([np.concatenate([o.real, o.imag]) for o in out])
 
     fit = least_squares(residuals, x0=[math.log(9.0), math.log(1.0)], bounds=([-5.0, -10.0], [12.0, 5.0]))
