@@ -357,6 +357,13 @@ def test_energy_reports_second_order_when_the_model_has_screening(fake_sparc, to
         rep = _json(capsys)
         assert rep["second_order"] is None and rep["energy_corrected_ha_per_atom"] is None
         assert "PRINT_DENSITY: 0" in (tmp_path / workdir / "hf" / "SPARC.inpt").read_text()
+    # the EOS scan uses the corrected energies too (here equal to the plain ones)
+    assert main(["eos", str(al4_dir), "-m", str(screened), "--workdir", str(tmp_path / "e"), "--json"]) == 0
+    rep = _json(capsys)
+    assert rep["second_order"]["eps0"] == 12.0
+    assert "PRINT_DENSITY: 1" in (tmp_path / "e" / "ml" / "hf_0000" / "SPARC.inpt").read_text()
+    for point in rep["ml"]["points"]:
+        assert point["energy_ha_per_atom"] == pytest.approx(point["energy_hf_ha_per_atom"], abs=1e-12)
 
 
 def test_screening_command_refuses_bad_output_name(fake_sparc, toy_model, al4_dir, tmp_path, capsys):

@@ -14,6 +14,10 @@ atoms of the conventional cell (fcc 4, bcc 2, diamond 8, ...), so it does not de
 supercell; null for a non-cubic structure. A fit whose minimum falls outside the sampled volumes
 is an error (exit 1), not a warning.
 
+With a model that carries a screening model (``mlrho screening``), the ML energies are the
+second-order corrected Harris-Foulkes energies (``second_order`` in the JSON; each point also keeps
+the plain ``energy_hf_ha_per_atom``); ``--no-second-order`` uses the plain ones.
+
 JSON keys: ``ml`` and ``scf`` (null without a reference), each with ``a0_bohr``, ``a0_ang``,
 ``v0_bohr3_per_atom``, ``e0_ha_per_atom``, ``bulk_modulus_gpa`` and the points; ``differences``
 (ML - SCF) when both exist; ``seconds``.
@@ -51,6 +55,8 @@ def register(subparsers) -> None:
     p.add_argument("--rho-trigger", type=int, default=None, help="CheFSI passes of each Harris-Foulkes run "
                                                                   "(default: sparc_bridge's)")
     p.add_argument("--plot", metavar="FILE", help="plot E(V) with the fits to FILE (png, pdf, svg)")
+    p.add_argument("--no-second-order", action="store_true",
+                   help="plain Harris-Foulkes energies even if the model carries a screening model")
     p.set_defaults(func=run)
 
 
@@ -95,6 +101,7 @@ def run(args) -> int:
     from sparc_bridge.ml_provider import MLDensityProvider, sparc_settings_for_model
     from sparc_bridge.run import SparcNotFoundError, SparcRunError
     from sparc_bridge.scf_calculator import SparcSCFCalculator
+    from sparc_bridge.screening import ScreeningModel
 
     name = "eos"
     try:
@@ -117,8 +124,10 @@ def run(args) -> int:
     atoms = inp.atoms
     n_conv = conventional_cubic_atoms(atoms)
     settings = sparc_settings_for_model(model)
+    screening = None if args.no_second_order else ScreeningModel.from_metadata(model.metadata)
     ml_calc = HarrisFoulkesCalculator(MLDensityProvider(model, provider_settings), settings, hf,
-                                      directory=workdir / "ml", command=command, timeout_s=args.timeout)
+                                      directory=workdir / "ml", command=command, timeout_s=args.timeout,
+                                      screening=screening)
     scf_calc = SparcSCFCalculator(settings, directory=workdir / "scf", command=command,
                                   timeout_s=args.timeout) if args.with_scf else None
     t0 = time.perf_counter()
@@ -133,7 +142,8 @@ def run(args) -> int:
             volumes.append(float(a.get_volume()))
             e_ml.append(e)
             ml_points.append({"strain": s, "v_bohr3_per_atom": a.get_volume() / len(a) / Bohr ** 3,
-                              "energy_ha_per_atom": r.energy_per_atom_ha, "scf_error_first_iteration":
+                              "energy_ha_per_atom": e / Hartree / len(a), "energy_hf_ha_per_atom":
+                                  r.energy_per_atom_ha, "scf_error_first_iteration":
                                   r.first_scf_error, "seconds": r.total_s})
             if scf_calc is not None:
                 a.calc = scf_calc
@@ -170,6 +180,7 @@ def run(args) -> int:
         "model": model.name,
         "conventional_cell_atoms": n_conv,
         "strains": strains,
+        "second_order": None if screening is None else screening.to_dict(),
         "ml": _summary(ml, n_conv, ml_points),
         "scf": None if scf is None else _summary(scf, n_conv, scf_points),
         "scf_source": "with-scf" if args.with_scf else ("scf-runs" if args.scf_runs else None),
