@@ -184,8 +184,8 @@ def fit_screening(cells, source: str = "") -> ScreeningModel:
     sum 4 pi / q^2 |R + eps delta|^2 over 0 < q < q* (Hartree-weighted, the components the
     correction uses), each cell's terms divided by its own sum 4 pi / q^2 |R|^2 so that every cell
     counts alike however large its density error, by least squares in (log(eps0 - 1), log k2).
-    ``eps0`` is bounded by 1 + e^12 (1.6e5): a fit at that bound is a metal (``eps0`` = infinity
-    changes eps(q) by less than 1e-5 relative at the q of any cell up to 10^4 Bohr across).
+    A fit that runs to the upper bound of ``eps0`` (1 + e^12) is a metal: ``eps0`` is then
+    returned as infinity (pure Thomas-Fermi screening), which is what the bound stood for.
     """
     from scipy.optimize import least_squares
 
@@ -211,5 +211,7 @@ def fit_screening(cells, source: str = "") -> ScreeningModel:
         out = [(w * (r + model.epsilon(q) * d)) for q, r, d, w in blocks]
         return np.concatenate([np.concatenate([o.real, o.imag]) for o in out])
 
-    fit = least_squares(residuals, x0=[math.log(9.0), math.log(1.0)], bounds=([-5.0, -10.0], [12.0, 5.0]))
-    return ScreeningModel(1.0 + math.exp(fit.x[0]), math.exp(fit.x[1]), source)
+    upper = 12.0
+    fit = least_squares(residuals, x0=[math.log(9.0), math.log(1.0)], bounds=([-5.0, -10.0], [upper, 5.0]))
+    eps0 = math.inf if fit.x[0] > upper - 1e-3 else 1.0 + math.exp(fit.x[0])
+    return ScreeningModel(eps0, math.exp(fit.x[1]), source)

@@ -109,6 +109,14 @@ def test_fit_recovers_screening_and_correction_is_exact_in_linear_response():
     fitted = fit_screening([c[:4] for c in cells], source="synthetic")
     assert fitted.eps0 == pytest.approx(11.0, rel=1e-6) and fitted.k2_per_bohr2 == pytest.approx(0.75, rel=1e-6)
     assert fitted.source == "synthetic"
+    # a metal: data made with eps0 = infinity come back as infinity, not as the bound
+    metal = ScreeningModel(math.inf, 1.3)
+    rho_in, _, rho_scf, cell, delta = cells[0]
+    q = reciprocal_norms(rho_in.shape, cell)
+    eps_metal = metal.epsilon(np.where(q > 0, q, 1.0))  # G = 0 carries no delta (and eps is infinite there)
+    rho_out = rho_in + np.real(np.fft.ifftn(-eps_metal * np.fft.fftn(delta)))
+    fitted_metal = fit_screening([(rho_in, rho_out, rho_scf, cell)])
+    assert math.isinf(fitted_metal.eps0) and fitted_metal.k2_per_bohr2 == pytest.approx(1.3, rel=1e-4)
     for rho_in, rho_out, _, cell, delta in cells:
         # the second-order HF error -1/2 Omega sum K eps |delta|^2 over the same components, from delta itself
         corr = second_order_correction(rho_in, rho_out, cell, fitted)
@@ -198,7 +206,7 @@ def test_shipped_al_screening_brings_real_hf_energies_within_the_bar():
     from ase_mlrho.models import load_model
 
     screening = ScreeningModel.from_metadata(load_model("al-pbe").metadata)
-    assert screening is not None and screening.eps0 > 1e3 and 0.5 < screening.k2_per_bohr2 < 3
+    assert screening is not None and math.isinf(screening.eps0) and 0.5 < screening.k2_per_bohr2 < 3
     cells = _fixture_cells(FIXTURE.parent / "al_hf_second_order.npz")
     assert set(cells) == {"al_n=2_T=1575_seed=9", "al_n=2_T=630_seed=4"}
     for name, (q, residual_g, (volume, fxc, natoms, e_hf, e_scf)) in cells.items():
