@@ -24,6 +24,10 @@ Approximations, chosen from measurements on SiGe (``benchmarks/README.md``):
   Thomas-Fermi form (``k2`` = squared screening wave number) that saturates at ``eps0`` for an
   insulator; ``eps0 = inf`` is a metal. Its two parameters are fitted once per material
   (:func:`fit_screening`) on training cells, from their rho_in, rho_out and SCF density.
+  The cells it is fitted on fix eps(q) only down to their smallest q (2 pi / L): below that
+  (larger cells) eps0 is an extrapolation; the shipped SiGe fit (64-atom cells, q >= 0.30 / Bohr)
+  gives eps0 = 158, far above cold Si's ~12, which is about what 1/(eps0 - 1) << q^2/k2 leaves
+  undetermined. Refit on larger cells before trusting the correction of much larger ones.
 * K(G) = 4 pi / q^2 + <f_xc>, with <f_xc> the cell average (the G = 0 component) of the LDA
   (Perdew-Wang 92) xc kernel at rho_in.
 * Only components with K > 0 count (q below q* = sqrt(4 pi / -<f_xc>), about 1.5 / Bohr in
@@ -96,9 +100,14 @@ class ScreeningModel:
 
     @classmethod
     def from_metadata(cls, metadata: dict) -> "ScreeningModel | None":
-        """The screening model stored in a model file's metadata, or None."""
+        """The screening model stored in a model file's metadata, or None; ValueError for a malformed entry."""
         d = (metadata or {}).get(METADATA_KEY)
-        return None if d is None else cls.from_dict(d)
+        if d is None:
+            return None
+        try:
+            return cls.from_dict(d)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"the model file's '{METADATA_KEY}' entry is malformed ({exc!r}): {d!r}") from None
 
 
 @dataclass(frozen=True)
@@ -192,6 +201,9 @@ def fit_screening(cells, source: str = "") -> ScreeningModel:
     blocks = []
     for rho_in, rho_out, rho_scf, cell in cells:
         rho_in = np.asarray(rho_in, dtype=np.float64)
+        if rho_in.ndim != 3 or np.shape(rho_out) != rho_in.shape or np.shape(rho_scf) != rho_in.shape:
+            raise ValueError(f"rho_in, rho_out and rho_scf must be 3-d arrays of one shape, got {rho_in.shape}, "
+                             f"{np.shape(rho_out)}, {np.shape(rho_scf)}")
         n = rho_in.size
         q = reciprocal_norms(rho_in.shape, cell)
         q_cut = math.sqrt(4.0 * math.pi / -mean_xc_kernel(rho_in))

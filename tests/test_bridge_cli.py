@@ -373,3 +373,18 @@ def test_screening_command_refuses_bad_output_name(fake_sparc, toy_model, al4_di
     assert main(["screening", str(tmp_path / "nope"), "-m", toy_model, "-o", str(tmp_path / "o.safetensors")]) == 2
     assert "is not a SPARC run directory" in capsys.readouterr().err
     assert not (tmp_path / "o.safetensors").exists()
+    assert main(["screening", str(al4_dir), "-m", toy_model, "-o", str(tmp_path / "no" / "o.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "does not exist" in err
+
+
+def test_malformed_screening_in_a_model_file_is_one_line(fake_sparc, toy_model, al4_dir, tmp_path, capsys):
+    from ase_mlrho.models import load_model, save_model
+
+    model = load_model(toy_model)
+    model.metadata["hf_screening"] = {"eps0": 0.5}
+    bad = save_model(model, tmp_path / "bad.safetensors")
+    for cmd in ("energy", "eos"):
+        assert main([cmd, str(al4_dir), "-m", str(bad), "--workdir", str(tmp_path / cmd)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "hf_screening" in err and "malformed" in err

@@ -1,8 +1,9 @@
 """Second-order screened correction of Harris-Foulkes energies (sparc_bridge.screening).
 
 References: published LDA correlation energies, an analytic exchange kernel, a brute-force
-discrete Fourier sum, exact linear-response data with known parameters, and real SPARC runs
-(the long-wavelength residual components of four SiGe cells, committed as a fixture).
+discrete Fourier sum, an analytic plane wave, exact linear-response data with known parameters, and
+real SPARC runs (the long-wavelength residual components of three SiGe and two Al test cells, committed
+as fixtures).
 """
 
 import math
@@ -91,6 +92,27 @@ def test_correction_equals_brute_force_fourier_sum():
     assert got.q_cut_per_bohr == pytest.approx(q_cut) and got.mean_fxc_ha_bohr3 == pytest.approx(fxc)
 
 
+def test_plane_wave_correction_is_the_analytic_screened_energy():
+    """R = A cos(G.r) on a triclinic cell: the correction is 1/2 Omega (4 pi/|G|^2 + <f_xc>) (A^2/2) / eps(|G|),
+    with G built here from the cell by hand (b_i . a_j = 2 pi delta_ij)."""
+    cell = _triclinic_cell() * 2.0
+    a1, a2, a3 = cell
+    volume = float(np.dot(a1, np.cross(a2, a3)))
+    b = 2 * math.pi * np.array([np.cross(a2, a3), np.cross(a3, a1), np.cross(a1, a2)]) / volume
+    assert np.allclose(cell @ b.T, 2 * math.pi * np.eye(3))
+    shape, amplitude, hkl = (28, 26, 32), 2e-3, np.array([1, -1, 2])
+    frac = np.stack(np.meshgrid(*(np.arange(n) / n for n in shape), indexing="ij"), -1)
+    rho_in = np.full(shape, 0.05)
+    rho_out = rho_in + amplitude * np.cos(2 * math.pi * (frac @ hkl))
+    g = float(np.linalg.norm(hkl @ b))
+    screening = ScreeningModel(9.0, 0.8)
+    corr = second_order_correction(rho_in, rho_out, cell, screening)
+    assert g < corr.q_cut_per_bohr and corr.n_components >= 2
+    expected = 0.5 * volume * (4 * math.pi / g ** 2 + corr.mean_fxc_ha_bohr3) * amplitude ** 2 / 2 / screening.epsilon(g)
+    assert corr.correction_ha == pytest.approx(expected, rel=1e-10)
+    assert corr.mean_fxc_ha_bohr3 == pytest.approx(float(lda_xc_kernel(np.array([0.05]))[0]))
+
+
 def test_fit_recovers_screening_and_correction_is_exact_in_linear_response():
     # synthetic cells where rho_out - rho_in = -eps(q) (rho_in - rho_scf) holds exactly
     rng = np.random.default_rng(7)
@@ -140,10 +162,29 @@ def test_screening_model_checks_and_round_trip():
     assert insulator.epsilon(1e-9) == pytest.approx(12.0)
     assert ScreeningModel.from_metadata({"hf_screening": insulator.to_dict()}) == insulator
     assert ScreeningModel.from_metadata({}) is None
+    for bad in ({"eps0": 5.0}, {"eps0": 0.5, "k2_per_bohr2": 1.0}, {"eps0": "x", "k2_per_bohr2": 1.0}, "junk"):
+        with pytest.raises(ValueError, match="malformed"):
+            ScreeningModel.from_metadata({"hf_screening": bad})
+    with pytest.raises(ValueError, match="one shape"):
+        fit_screening([(np.ones((4, 4, 4)), np.ones((4, 4, 5)), np.ones((4, 4, 4)), np.eye(3))])
     with pytest.raises(ValueError, match="negative"):
         second_order_from_fourier(np.ones(3), np.ones(3), 1.0, 0.5, insulator)
     with pytest.raises(ValueError, match="3-d"):
         second_order_correction(np.ones((4, 4)), np.ones((4, 4)), np.eye(3), insulator)
+def test_harris_foulkes_refuses_the_correction_for_non_periodic_cells(tmp_path):
+    from ase.build import molecule
+
+    from ase_mlrho.grid import Grid
+    from sparc_bridge.harris_foulkes import harris_foulkes_energy
+
+    atoms = molecule("H2O", vacuum=3.0)
+    atoms.pbc = (True, True, False)
+    grid = Grid.from_cell(atoms.cell[:] / 0.529177210903, 0.5, pbc=atoms.pbc)
+    with pytest.raises(ValueError, match="fully periodic"):
+        harris_foulkes_energy(atoms, np.ones(grid.shape), grid, directory=tmp_path, screening=ScreeningModel(9.0, 1.0))
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
 # ----------------------------------------------------------------------------- real SPARC runs
 def _fixture_cells(path=FIXTURE):
     if not path.is_file():
@@ -154,7 +195,7 @@ def _fixture_cells(path=FIXTURE):
 
 
 def test_shipped_sige_screening_brings_real_hf_energies_within_the_bar():
-    """Four held-out SiGe cells (x = 0.5 at 600, 1200, 1800 K): SPARC's HF energies of sige-pbe's
+    """Three held-out SiGe cells (x = 0.5 at 600, 1200, 1800 K): SPARC's HF energies of sige-pbe's
     densities and the long-wavelength part of rho_out - rho_in of the same runs. The plain HF error
     at 1800 K is above 1e-4 Ha/atom; corrected with the screening model fitted on training cells,
     every cell is within it."""

@@ -63,7 +63,10 @@ def run(args) -> int:
         return common.fail(name, exc)
 
     settings = sparc_settings_for_model(model)
-    screening = None if args.no_second_order else ScreeningModel.from_metadata(model.metadata)
+    try:
+        screening = None if args.no_second_order else ScreeningModel.from_metadata(model.metadata)
+    except ValueError as exc:
+        return common.fail(name, exc)
     provider = MLDensityProvider(model, provider_settings)
     atoms = inp.atoms
     t0 = time.perf_counter()

@@ -124,7 +124,10 @@ def run(args) -> int:
     atoms = inp.atoms
     n_conv = conventional_cubic_atoms(atoms)
     settings = sparc_settings_for_model(model)
-    screening = None if args.no_second_order else ScreeningModel.from_metadata(model.metadata)
+    try:
+        screening = None if args.no_second_order else ScreeningModel.from_metadata(model.metadata)
+    except ValueError as exc:
+        return common.fail(name, exc)
     ml_calc = HarrisFoulkesCalculator(MLDensityProvider(model, provider_settings), settings, hf,
                                       directory=workdir / "ml", command=command, timeout_s=args.timeout,
                                       screening=screening)

@@ -46,6 +46,8 @@ def run(args) -> int:
     try:
         if not str(args.output).endswith(".safetensors"):
             raise common.CommandError(f"-o {args.output}: the model file must end in .safetensors")
+        if not Path(args.output).resolve().parent.is_dir():
+            raise common.CommandError(f"-o {args.output}: the directory {Path(args.output).parent} does not exist")
         command = common.sparc_command()
         model = load_model(args.model)
         for d in args.sparc_dirs:
@@ -63,7 +65,10 @@ def run(args) -> int:
     except (SnapshotError, ValueError) as exc:
         return common.fail(name, exc)
     model.metadata[METADATA_KEY] = cal.screening.to_dict()
-    path = save_model(model, args.output)
+    try:
+        path = save_model(model, args.output)
+    except OSError as exc:
+        return common.fail(name, f"cannot write {args.output}: {exc}")
     report = {"model": str(path), "screening": cal.screening.to_dict(), "cells": list(cal.cells),
               "workdir": str(workdir)}
     common.write_report(workdir, report)
