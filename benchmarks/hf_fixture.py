@@ -21,14 +21,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ase_mlrho.data import load_snapshot  # noqa: E402
+from sige_alloys import fixture_entries  # noqa: E402  (the same fixture layout)
 from sparc_bridge.density_file import read_density  # noqa: E402
 from sparc_bridge.inputs import DEFAULT_LABEL, DENSITY_INPUT_NAME  # noqa: E402
-from sparc_bridge.screening import mean_xc_kernel, reciprocal_norms  # noqa: E402
+from sparc_bridge.screening import long_wavelength_residual  # noqa: E402
 
 
-def fixture_entries(workdir: Path) -> dict:
+def workdir_entries(workdir: Path) -> dict:
     """The fixture arrays of one ``mlrho energy`` work directory (keys prefixed by the reference run's name)."""
     report = json.loads((workdir / "mlrho_report.json").read_text())
     if report.get("second_order") is None or report.get("energy_scf_ha_per_atom") is None:
@@ -36,15 +38,9 @@ def fixture_entries(workdir: Path) -> dict:
     snap = load_snapshot(report["structure"])
     rho_in = read_density(workdir / "hf" / DENSITY_INPUT_NAME).density_e_per_bohr3
     rho_out = read_density(workdir / "hf" / f"{DEFAULT_LABEL}.dens").density_e_per_bohr3
-    q = reciprocal_norms(rho_in.shape, snap.grid.cell_bohr)
-    keep = (q > 0) & (q < report["second_order"]["q_cut_per_bohr"])
-    name = Path(report["structure"]).name
-    return {
-        f"{name}/q_per_bohr": q[keep],
-        f"{name}/residual_g": (np.fft.fftn(rho_out - rho_in) / rho_in.size)[keep],
-        f"{name}/scalars": np.array([abs(np.linalg.det(snap.grid.cell_bohr)), mean_xc_kernel(rho_in), report["natoms"],
-                                     report["energy_hf_ha_per_atom"], report["energy_scf_ha_per_atom"]]),
-    }
+    residual = long_wavelength_residual(rho_in, rho_out, snap.grid.cell_bohr)
+    return fixture_entries(Path(report["structure"]).name, residual, report["natoms"],
+                           report["energy_hf_ha_per_atom"], report["energy_scf_ha_per_atom"])
 
 
 def main(argv=None) -> int:
@@ -54,7 +50,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     entries = {}
     for w in args.workdirs:
-        entries.update(fixture_entries(w))
+        entries.update(workdir_entries(w))
     np.savez_compressed(args.output, **entries)
     print(f"{args.output}: {len(args.workdirs)} runs")
     return 0

@@ -140,33 +140,31 @@ def main(argv=None) -> int:
 def harris_foulkes(model, snap, pred, fixture: dict) -> dict:
     """HF energy of the predicted density vs the cell's own SCF energy (Ha/atom), and the second-order
     corrected one when the model carries a screening model (its inputs are added to ``fixture``)."""
-    from sparc_bridge.density_file import read_density
-    from sparc_bridge.harris_foulkes import harris_foulkes_energy, prepare_density
-    from sparc_bridge.inputs import DEFAULT_LABEL, SparcSettings
-    from sparc_bridge.screening import ScreeningModel, mean_xc_kernel, reciprocal_norms
+    from sparc_bridge.harris_foulkes import harris_foulkes_energy
+    from sparc_bridge.inputs import SparcSettings
+    from sparc_bridge.screening import ScreeningModel
 
     settings = SparcSettings(mesh_spacing_bohr=model.mesh_spacing_bohr)
     screening = ScreeningModel.from_metadata(model.metadata)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mlrho-hf-") as tmp:
         r = harris_foulkes_energy(snap.atoms, pred.density, snap.grid, settings, directory=tmp, screening=screening)
-        if screening is not None:
-            rho_in = prepare_density(pred.density, snap.grid, r.n_electrons).density_e_per_bohr3
-            rho_out = read_density(Path(tmp) / f"{DEFAULT_LABEL}.dens").density_e_per_bohr3
-            q = reciprocal_norms(rho_in.shape, snap.grid.cell_bohr)
-            keep = (q > 0) & (q < r.second_order.q_cut_per_bohr)
-            fixture[f"{snap.name}/q_per_bohr"] = q[keep]
-            fixture[f"{snap.name}/residual_g"] = (np.fft.fftn(rho_out - rho_in) / rho_in.size)[keep]
-            fixture[f"{snap.name}/scalars"] = np.array([abs(np.linalg.det(snap.grid.cell_bohr)), mean_xc_kernel(rho_in),
-                                                        len(snap.atoms), r.energy_per_atom_ha,
-                                                        snap.free_energy_ha / len(snap.atoms)])
     e_scf = snap.free_energy_ha / len(snap.atoms)
+    if screening is not None:
+        fixture.update(fixture_entries(snap.name, r.second_order.residual, len(snap.atoms), r.energy_per_atom_ha, e_scf))
     e_corr = r.corrected_energy_per_atom_ha
     return {"hf_energy_ha_per_atom": r.energy_per_atom_ha, "scf_energy_ha_per_atom": e_scf,
             "hf_error_ha_per_atom": r.energy_per_atom_ha - e_scf, "hf_first_scf_error": r.first_scf_error,
             "hf_corrected_energy_ha_per_atom": e_corr,
             "hf_corrected_error_ha_per_atom": None if e_corr is None else e_corr - e_scf,
             "hf_seconds": time.perf_counter() - t0}
+
+
+def fixture_entries(name: str, residual, natoms: int, e_hf: float, e_scf: float) -> dict:
+    """The CI fixture arrays of one cell (``tests/test_screening.py``): the long-wavelength residual of
+    its Harris-Foulkes run (:class:`sparc_bridge.screening.LongWavelengthResidual`) and the energies per atom."""
+    return {f"{name}/q_per_bohr": residual.q_per_bohr, f"{name}/residual_g": residual.residual_g,
+            f"{name}/scalars": np.array([residual.volume_bohr3, residual.mean_fxc_ha_bohr3, natoms, e_hf, e_scf])}
 
 
 def _format_row(r: dict) -> str:

@@ -368,7 +368,7 @@ def calibrate_screening(model, run_dirs, directory, hf: HarrisFoulkesSettings = 
 
     from .ml_provider import sparc_settings_for_model
     from .run import parse_run
-    from .screening import fit_screening
+    from .screening import correction_of, fit_screening_residuals, long_wavelength_components, long_wavelength_residual
 
     log = log or (lambda msg: None)
     settings = sparc_settings_for_model(model)
@@ -382,14 +382,16 @@ def calibrate_screening(model, run_dirs, directory, hf: HarrisFoulkesSettings = 
         result = harris_foulkes_energy(snap.atoms, prediction, snap.grid, settings, work, hf, command, timeout_s)
         rho_in = prepare_density(prediction, snap.grid, result.n_electrons).density_e_per_bohr3
         rho_out = read_density(work / f"{DEFAULT_LABEL}.dens").density_e_per_bohr3
-        runs.append((run_dir, snap, result, rho_in, rho_out, parse_run(run_dir).free_energy_per_atom_ha))
-        log(f"{run_dir.name}: HF - SCF {result.energy_per_atom_ha - runs[-1][-1]:+.3e} Ha/atom")
-    names = ", ".join(r[0].name for r in runs)
-    screening = fit_screening([(ri, ro, s.density_e_per_bohr3, s.grid.cell_bohr) for _, s, _, ri, ro, _ in runs],
-                              source=f"fit_screening on {len(runs)} cells: {names}")
-    cells = []
-    for run_dir, snap, result, rho_in, rho_out, e_scf in runs:
-        corr = second_order_correction(rho_in, rho_out, snap.grid.cell_bohr, screening)
-        cells.append({"run": run_dir.name, "error_hf_ha_per_atom": result.energy_per_atom_ha - e_scf,
-                      "error_corrected_ha_per_atom": result.energy_per_atom_ha + corr.correction_ha / snap.natoms - e_scf})
+        residual = long_wavelength_residual(rho_in, rho_out, snap.grid.cell_bohr)
+        _, delta_g = long_wavelength_components(rho_in - snap.density_e_per_bohr3, snap.grid.cell_bohr,
+                                                residual.q_cut_per_bohr)
+        error_hf = result.energy_per_atom_ha - parse_run(run_dir).free_energy_per_atom_ha
+        runs.append((run_dir.name, snap.natoms, error_hf, residual, delta_g))
+        log(f"{run_dir.name}: HF - SCF {error_hf:+.3e} Ha/atom")
+    names = ", ".join(r[0] for r in runs)
+    screening = fit_screening_residuals([(residual, delta_g) for *_, residual, delta_g in runs],
+                                        source=f"fit_screening on {len(runs)} cells: {names}")
+    cells = [{"run": name, "error_hf_ha_per_atom": error_hf,
+              "error_corrected_ha_per_atom": error_hf + correction_of(residual, screening).correction_ha / natoms}
+             for name, natoms, error_hf, residual, _ in runs]
     return ScreeningCalibration(screening, tuple(cells))

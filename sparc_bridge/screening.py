@@ -40,20 +40,26 @@ Everything here is pure numerics on arrays: Hartree atomic units (Bohr, Ha, elec
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 __all__ = [
     "ScreeningModel",
     "SecondOrderCorrection",
+    "LongWavelengthResidual",
     "pw92_xc_energy_density",
     "lda_xc_kernel",
     "mean_xc_kernel",
     "reciprocal_norms",
+    "hartree_cutoff_per_bohr",
+    "long_wavelength_components",
+    "long_wavelength_residual",
     "second_order_correction",
     "second_order_from_fourier",
+    "correction_of",
     "fit_screening",
+    "fit_screening_residuals",
     "METADATA_KEY",
 ]
 
@@ -110,15 +116,32 @@ class ScreeningModel:
             raise ValueError(f"the model file's '{METADATA_KEY}' entry is malformed ({exc!r}): {d!r}") from None
 
 
+@dataclass(frozen=True, eq=False)
+class LongWavelengthResidual:
+    """What the correction needs from one diagonalisation: the Fourier coefficients ``residual_g``
+    (R(G) = (1/N) FFT of rho_out - rho_in) at the components 0 < q < q*, their wave numbers
+    ``q_per_bohr``, the cell volume and the mean xc kernel at rho_in (which fixes q*)."""
+
+    q_per_bohr: np.ndarray
+    residual_g: np.ndarray
+    volume_bohr3: float
+    mean_fxc_ha_bohr3: float
+
+    @property
+    def q_cut_per_bohr(self) -> float:
+        return hartree_cutoff_per_bohr(self.mean_fxc_ha_bohr3)
+
+
 @dataclass(frozen=True)
 class SecondOrderCorrection:
     """The estimate: ``correction_ha`` (whole cell, add it to the HF energy), the kernel average and
-    cut-off used, and how many Fourier components entered."""
+    cut-off used, how many Fourier components entered, and (not compared) the residual it came from."""
 
     correction_ha: float
     mean_fxc_ha_bohr3: float
     q_cut_per_bohr: float
     n_components: int
+    residual: LongWavelengthResidual | None = field(default=None, compare=False, repr=False)
 
 
 # ----------------------------------------------------------------------------- LDA xc (PW92)
@@ -158,63 +181,96 @@ def reciprocal_norms(shape, cell_bohr) -> np.ndarray:
     return np.sqrt(np.sum(g * g, axis=-1))
 
 
+def hartree_cutoff_per_bohr(mean_fxc_ha_bohr3: float) -> float:
+    """q* where K = 4 pi / q^2 + <f_xc> changes sign; ValueError unless the kernel average is negative."""
+    if not mean_fxc_ha_bohr3 < 0:
+        raise ValueError(f"the mean xc kernel must be negative, got {mean_fxc_ha_bohr3}")
+    return math.sqrt(4.0 * math.pi / -mean_fxc_ha_bohr3)
+
+
+def long_wavelength_components(field_values, cell_bohr, q_cut_per_bohr: float) -> tuple[np.ndarray, np.ndarray]:
+    """(q, F(G)) of a periodic grid field, F(G) = (1/N) FFT, at the components 0 < q < ``q_cut_per_bohr``."""
+    field_values = np.asarray(field_values, dtype=np.float64)
+    q = reciprocal_norms(field_values.shape, cell_bohr)
+    m = (q > 1e-12) & (q < q_cut_per_bohr)
+    return q[m], (np.fft.fftn(field_values) / field_values.size)[m]
+
+
+def long_wavelength_residual(rho_in, rho_out, cell_bohr) -> LongWavelengthResidual:
+    """The :class:`LongWavelengthResidual` of one diagonalisation on a periodic grid."""
+    rho_in, rho_out = np.asarray(rho_in, dtype=np.float64), np.asarray(rho_out, dtype=np.float64)
+    if rho_in.shape != rho_out.shape or rho_in.ndim != 3:
+        raise ValueError(f"rho_in and rho_out must be 3-d arrays of one shape, got {rho_in.shape}, {rho_out.shape}")
+    fxc = mean_xc_kernel(rho_in)
+    q, r = long_wavelength_components(rho_out - rho_in, cell_bohr, hartree_cutoff_per_bohr(fxc))
+    volume = abs(float(np.linalg.det(np.asarray(cell_bohr, dtype=np.float64))))
+    return LongWavelengthResidual(q, r, volume, fxc)
+
+
 def second_order_from_fourier(residual_g, q_per_bohr, volume_bohr3: float, mean_fxc_ha_bohr3: float,
                               screening: ScreeningModel) -> SecondOrderCorrection:
     """The correction from the residual's Fourier coefficients ``residual_g`` (R(G) = (1/N) FFT of
     rho_out - rho_in) at wave numbers ``q_per_bohr``: +1/2 Omega sum K |R|^2 / eps over 0 < q < q*."""
-    if not mean_fxc_ha_bohr3 < 0:
-        raise ValueError(f"the mean xc kernel must be negative, got {mean_fxc_ha_bohr3}")
+    q_cut = hartree_cutoff_per_bohr(mean_fxc_ha_bohr3)
     q = np.asarray(q_per_bohr, dtype=np.float64)
     r2 = np.abs(np.asarray(residual_g)) ** 2
-    q_cut = math.sqrt(4.0 * math.pi / -mean_fxc_ha_bohr3)
     m = (q > 1e-12) & (q < q_cut)
     kernel = 4.0 * math.pi / q[m] ** 2 + mean_fxc_ha_bohr3
     corr = 0.5 * volume_bohr3 * float(np.sum(kernel * r2[m] / screening.epsilon(q[m])))
     return SecondOrderCorrection(corr, float(mean_fxc_ha_bohr3), q_cut, int(m.sum()))
 
 
+def correction_of(residual: LongWavelengthResidual, screening: ScreeningModel) -> SecondOrderCorrection:
+    """The correction of a :class:`LongWavelengthResidual` (which it keeps)."""
+    c = second_order_from_fourier(residual.residual_g, residual.q_per_bohr, residual.volume_bohr3,
+                                  residual.mean_fxc_ha_bohr3, screening)
+    return replace(c, residual=residual)
+
+
 def second_order_correction(rho_in, rho_out, cell_bohr, screening: ScreeningModel) -> SecondOrderCorrection:
     """Estimated E* - E_HF (Ha, whole cell) from the input and output densities of one diagonalisation
     on the same periodic grid (see the module docstring)."""
-    rho_in, rho_out = np.asarray(rho_in, dtype=np.float64), np.asarray(rho_out, dtype=np.float64)
-    if rho_in.shape != rho_out.shape or rho_in.ndim != 3:
-        raise ValueError(f"rho_in and rho_out must be 3-d arrays of one shape, got {rho_in.shape}, {rho_out.shape}")
-    residual_g = np.fft.fftn(rho_out - rho_in) / rho_in.size
-    volume = abs(float(np.linalg.det(np.asarray(cell_bohr, dtype=np.float64))))
-    return second_order_from_fourier(residual_g, reciprocal_norms(rho_in.shape, cell_bohr), volume,
-                                     mean_xc_kernel(rho_in), screening)
+    return correction_of(long_wavelength_residual(rho_in, rho_out, cell_bohr), screening)
 
 
 def fit_screening(cells, source: str = "") -> ScreeningModel:
     """Fit (eps0, k2) of :class:`ScreeningModel` to cells with known SCF densities.
 
-    ``cells``: iterable of ``(rho_in, rho_out, rho_scf, cell_bohr)``. In each, R = rho_out - rho_in
-    and delta = rho_in - rho_scf obey R(G) = -eps(q) delta(G) to first order; the fit minimises
-    sum 4 pi / q^2 |R + eps delta|^2 over 0 < q < q* (Hartree-weighted, the components the
-    correction uses), each cell's terms divided by its own sum 4 pi / q^2 |R|^2 so that every cell
-    counts alike however large its density error, by least squares in (log(eps0 - 1), log k2).
-    A fit that runs to the upper bound of ``eps0`` (1 + e^12) is a metal: ``eps0`` is then
-    returned as infinity (pure Thomas-Fermi screening), which is what the bound stood for.
+    ``cells``: iterable of ``(rho_in, rho_out, rho_scf, cell_bohr)``; see :func:`fit_screening_residuals`.
     """
-    from scipy.optimize import least_squares
-
-    blocks = []
+    pairs = []
     for rho_in, rho_out, rho_scf, cell in cells:
         rho_in = np.asarray(rho_in, dtype=np.float64)
         if rho_in.ndim != 3 or np.shape(rho_out) != rho_in.shape or np.shape(rho_scf) != rho_in.shape:
             raise ValueError(f"rho_in, rho_out and rho_scf must be 3-d arrays of one shape, got {rho_in.shape}, "
                              f"{np.shape(rho_out)}, {np.shape(rho_scf)}")
-        n = rho_in.size
-        q = reciprocal_norms(rho_in.shape, cell)
-        q_cut = math.sqrt(4.0 * math.pi / -mean_xc_kernel(rho_in))
-        m = (q > 1e-12) & (q < q_cut)
-        r = (np.fft.fftn(np.asarray(rho_out) - rho_in) / n)[m]
-        d = (np.fft.fftn(rho_in - np.asarray(rho_scf)) / n)[m]
-        w = np.sqrt(4.0 * math.pi) / q[m]
+        residual = long_wavelength_residual(rho_in, rho_out, cell)
+        _, delta_g = long_wavelength_components(rho_in - np.asarray(rho_scf), cell, residual.q_cut_per_bohr)
+        pairs.append((residual, delta_g))
+    return fit_screening_residuals(pairs, source)
+
+
+def fit_screening_residuals(pairs, source: str = "") -> ScreeningModel:
+    """Fit (eps0, k2) from ``(LongWavelengthResidual, delta_g)`` pairs, ``delta_g`` the Fourier
+    coefficients of rho_in - rho_SCF at the same components.
+
+    R(G) = -eps(q) delta(G) to first order; the fit minimises sum 4 pi / q^2 |R + eps delta|^2 over
+    0 < q < q* (Hartree-weighted, the components the correction uses), each cell's terms divided by
+    its own sum 4 pi / q^2 |R|^2 so that every cell counts alike however large its density error,
+    by least squares in (log(eps0 - 1), log k2). A fit that runs to the upper bound of ``eps0``
+    (1 + e^12) is a metal: ``eps0`` is then returned as infinity (pure Thomas-Fermi screening),
+    which is what the bound stood for.
+    """
+    from scipy.optimize import least_squares
+
+    blocks = []
+    for residual, delta_g in pairs:
+        q, r = residual.q_per_bohr, residual.residual_g
+        w = np.sqrt(4.0 * math.pi) / q
         norm = float(np.linalg.norm(w * r))
         if not norm > 0:
             raise ValueError("a calibration cell has no long-wavelength residual (rho_out = rho_in?)")
-        blocks.append((q[m], r, d, w / norm))
+        blocks.append((q, r, np.asarray(delta_g), w / norm))
     if not blocks:
         raise ValueError("fit_screening needs at least one cell")
 

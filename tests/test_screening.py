@@ -90,6 +90,9 @@ def test_correction_equals_brute_force_fourier_sum():
     assert got.n_components == count > 10
     assert got.correction_ha == pytest.approx(total, rel=1e-10)
     assert got.q_cut_per_bohr == pytest.approx(q_cut) and got.mean_fxc_ha_bohr3 == pytest.approx(fxc)
+    # the result keeps the components it summed (the fixtures are made from them)
+    assert got.residual.residual_g.size == count and got.residual.q_cut_per_bohr == got.q_cut_per_bohr
+    assert got.residual.volume_bohr3 == pytest.approx(volume)
 
 
 def test_plane_wave_correction_is_the_analytic_screened_energy():

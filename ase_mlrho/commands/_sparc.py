@@ -65,6 +65,26 @@ def add_common_options(p, what: str) -> None:
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object on stdout")
 
 
+def add_second_order_option(p, what: str) -> None:
+    """``--no-second-order``: plain Harris-Foulkes energies even if the model carries a screening model."""
+    p.add_argument("--no-second-order", action="store_true",
+                   help=f"{what} without the second-order screened correction even if the model carries a "
+                        "screening model (mlrho screening)")
+
+
+def model_screening(args, model):
+    """The model's :class:`~sparc_bridge.screening.ScreeningModel` (None with ``--no-second-order`` or
+    when it has none); CommandError for a malformed entry."""
+    from sparc_bridge.screening import ScreeningModel
+
+    if args.no_second_order:
+        return None
+    try:
+        return ScreeningModel.from_metadata(model.metadata)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
 def fail(command: str, message) -> int:
     """One line on stderr, exit status 2."""
     print(f"mlrho {command}: error: {' '.join(str(message).split())}", file=sys.stderr)

@@ -40,9 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--rho-trigger", type=int, default=DEFAULT_RHO_TRIGGER,
                    help=f"CheFSI passes on the fixed input Hamiltonian (default {DEFAULT_RHO_TRIGGER}, "
                         "chosen by a convergence check; see sparc_bridge.inputs)")
-    p.add_argument("--no-second-order", action="store_true",
-                   help="do not add the second-order screened correction even if the model carries a "
-                        "screening model")
+    common.add_second_order_option(p, "the energy")
     p.set_defaults(func=run)
 
 
@@ -53,7 +51,6 @@ def run(args) -> int:
     from sparc_bridge.inputs import HarrisFoulkesSettings
     from sparc_bridge.ml_provider import MLDensityProvider, sparc_settings_for_model
     from sparc_bridge.run import SparcNotFoundError, SparcRunError
-    from sparc_bridge.screening import ScreeningModel
 
     name = "energy"
     try:
@@ -64,8 +61,8 @@ def run(args) -> int:
 
     settings = sparc_settings_for_model(model)
     try:
-        screening = None if args.no_second_order else ScreeningModel.from_metadata(model.metadata)
-    except ValueError as exc:
+        screening = common.model_screening(args, model)
+    except common.CommandError as exc:
         return common.fail(name, exc)
     provider = MLDensityProvider(model, provider_settings)
     atoms = inp.atoms

@@ -55,8 +55,7 @@ def register(subparsers) -> None:
     p.add_argument("--rho-trigger", type=int, default=None, help="CheFSI passes of each Harris-Foulkes run "
                                                                   "(default: sparc_bridge's)")
     p.add_argument("--plot", metavar="FILE", help="plot E(V) with the fits to FILE (png, pdf, svg)")
-    p.add_argument("--no-second-order", action="store_true",
-                   help="plain Harris-Foulkes energies even if the model carries a screening model")
+    common.add_second_order_option(p, "the EOS energies")
     p.set_defaults(func=run)
 
 
@@ -101,7 +100,6 @@ def run(args) -> int:
     from sparc_bridge.ml_provider import MLDensityProvider, sparc_settings_for_model
     from sparc_bridge.run import SparcNotFoundError, SparcRunError
     from sparc_bridge.scf_calculator import SparcSCFCalculator
-    from sparc_bridge.screening import ScreeningModel
 
     name = "eos"
     try:
@@ -125,8 +123,8 @@ def run(args) -> int:
     n_conv = conventional_cubic_atoms(atoms)
     settings = sparc_settings_for_model(model)
     try:
-        screening = None if args.no_second_order else ScreeningModel.from_metadata(model.metadata)
-    except ValueError as exc:
+        screening = common.model_screening(args, model)
+    except common.CommandError as exc:
         return common.fail(name, exc)
     ml_calc = HarrisFoulkesCalculator(MLDensityProvider(model, provider_settings), settings, hf,
                                       directory=workdir / "ml", command=command, timeout_s=args.timeout,
