@@ -9,11 +9,8 @@ is cross-checked against the others, so a snapshot that loads is a consistent on
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
-import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +22,7 @@ from ase.units import Hartree
 from sparc_bridge.density_file import read_density
 
 from .grid import Grid
+from .quiet import quiet_third_party
 
 __all__ = ["Snapshot", "load_snapshot", "valence_electrons", "SnapshotError", "find_density_file"]
 
@@ -72,14 +70,6 @@ def find_density_file(directory: Path, label: str = "SPARC") -> Path | None:
     return None
 
 
-@contextlib.contextmanager
-def _quiet():
-    """sparc-x-api prints a line per pseudopotential and warns about keys it does not validate."""
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
 def load_snapshot(directory, label: str = "SPARC") -> Snapshot:
     """Load a SPARC run directory into a :class:`Snapshot`, checking that the pieces agree.
 
@@ -98,7 +88,7 @@ def load_snapshot(directory, label: str = "SPARC") -> Snapshot:
     if dens_path is None:
         raise SnapshotError(f"{directory}: no {label}.dens(.gz); run SPARC with PRINT_DENSITY: 1")
     try:
-        with _quiet():
+        with quiet_third_party():
             bundle = SparcBundle(directory, mode="r", label=label)
             raw = bundle.read_raw_results()
             atoms = bundle.convert_to_ase(index=-1, include_all_files=True)
@@ -141,7 +131,7 @@ def load_snapshot(directory, label: str = "SPARC") -> Snapshot:
         meta = json.loads((directory / "meta.json").read_text())
     atoms.calc = None
     provenance = {
-        "path": str(directory.resolve()),
+        "path": str(directory),  # as given: model files record it, and must not name this machine's folders
         "sparc_version": raw.get("out", {}).get("sparc_version"),
         # the nominal mesh: MESH_SPACING when SPARC was given one, else what meta.json records
         # (runs set up with FD_GRID, e.g. by sparc_bridge.datagen, carry it there)

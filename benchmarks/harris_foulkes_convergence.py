@@ -8,7 +8,7 @@ time of the same cell (SPARC's ``Total walltime`` of the reference run, or a fre
 
 Usage (needs SPARC, ``ASE_SPARC_COMMAND``; runs one SPARC job at a time)::
 
-    python benchmarks/harris_foulkes_convergence.py --workdir /work/scratch/bridge/hfconv \\
+    python benchmarks/harris_foulkes_convergence.py --workdir mlrho-runs/hfconv \\
         --runs ../shared/data/sparc/al_n=2_T=0_a=4.05 --configs 16x30,24x30,8x60 [--scf] [--json out.jsonl]
     python benchmarks/harris_foulkes_convergence.py --table out.jsonl   # print the table of a finished run
 

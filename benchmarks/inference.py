@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,7 +39,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SIZES = (2, 3, 4, 5, 6, 8, 10, 14, 18)
-SCRATCH = Path("/tmp/mlrho-bench")  # zarr stores of the full runs (deleted after each cell) and the toy model
+SCRATCH = Path(tempfile.gettempdir()) / "mlrho-bench"  # zarr stores of the full runs (deleted after each cell) and the toy model
 
 
 def al_supercell(n: int, seed: int = 0):

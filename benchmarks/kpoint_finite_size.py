@@ -15,7 +15,7 @@ then prints
 Usage (needs SPARC, ``ASE_SPARC_COMMAND``; one SPARC job at a time; a finished run is reused)::
 
     python benchmarks/kpoint_finite_size.py --runs "../shared/data/sparc/al_n=2_T=630_seed=4" \\
-        --kpts 2 2 2 --shift 0.5 --workdir /tmp/kpoints -m al-pbe [--json out.json]
+        --kpts 2 2 2 --shift 0.5 --workdir mlrho-runs/kpoints -m al-pbe [--json out.json]
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ import numpy as np
 
 from .density_file import atomic_write
 from .inputs import DEFAULT_LABEL, SparcSettings, write_scf_input
-from .run import SparcRunError, resolve_command, run_sparc
+from .run import SparcRunError, describe_command, resolve_command, run_sparc
 
 __all__ = [
     "BulkSpec",
@@ -694,7 +694,7 @@ def _compute_snapshot(out_dir, snap, plan, settings, structure, entry, manifest,
         "wall_s": round(float(result.wall_time_s), 1),
         "natoms": len(atoms),
         "symbols": atoms.get_chemical_formula(),
-        "sparc_command": cmd,
+        "sparc_command": describe_command(cmd),
         "sparc_version": sparc_version,
         "converged": bool(result.scf_converged),
         "n_scf_iterations": result.n_scf_iterations,
@@ -713,7 +713,7 @@ def _compute_snapshot(out_dir, snap, plan, settings, structure, entry, manifest,
     entry.update(status="done" if result.scf_converged else "unconverged", directory=snap.name,
                  wall_s=meta["wall_s"], sparc_version=sparc_version, converged=meta["converged"],
                  n_scf_iterations=result.n_scf_iterations, free_energy_ha=result.free_energy_ha,
-                 sparc_command=cmd, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                 sparc_command=describe_command(cmd), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     entry.pop("error", None)
     _write_manifest(out_dir, manifest)
     if not result.scf_converged:

@@ -188,12 +188,14 @@ def eos_from_runs(directories: Sequence, crystal: str | None = None, eos: str = 
     """Fit an EOS to finished SPARC runs of one structure at several volumes (energies from :func:`parse_run`)."""
     from sparc.io import read_sparc
 
-    from .run import _quiet, parse_run
+    from ase_mlrho.quiet import quiet_third_party
+
+    from .run import parse_run
 
     volumes, energies, natoms = [], [], set()
     for d in directories:
         res = parse_run(d, sparc_label)
-        with _quiet():
+        with quiet_third_party():
             atoms = read_sparc(str(d), index=-1)
         volumes.append(float(atoms.get_volume()))
         energies.append(res.free_energy_ha * Hartree)

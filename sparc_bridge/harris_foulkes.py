@@ -366,16 +366,18 @@ def calibrate_screening(model, run_dirs, directory, hf: HarrisFoulkesSettings = 
     from ase_mlrho.data import load_snapshot
     from ase_mlrho.inference import predict_field
 
-    from .ml_provider import sparc_settings_for_model
+    from .ml_provider import model_reference_settings, sparc_settings_for_model
+    from .reference import check_reference_run
     from .run import parse_run
     from .screening import correction_of, fit_screening_residuals, long_wavelength_components, long_wavelength_residual
 
     log = log or (lambda msg: None)
-    settings = sparc_settings_for_model(model)
     hf = replace(hf, print_output_density=True)
     runs = []
     for run_dir in map(Path, run_dirs):
         snap = load_snapshot(run_dir)
+        check_reference_run(model_reference_settings(model), run_dir, f"model '{model.name}'")
+        settings = sparc_settings_for_model(model, atoms=snap.atoms)
         check_grid(snap.atoms, snap.grid, settings)
         prediction = predict_field(model, snap.atoms, snap.grid).density
         work = Path(directory) / run_dir.name

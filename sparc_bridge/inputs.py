@@ -18,9 +18,6 @@ unknown or misspelt name raises :class:`UnknownSparcParameterError` (a ``KeyErro
 
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
@@ -28,6 +25,7 @@ from typing import Mapping
 import numpy as np
 
 from ase_mlrho.grid import Grid
+from ase_mlrho.quiet import quiet_third_party
 
 __all__ = [
     "SparcSettings",
@@ -236,15 +234,6 @@ def warm_start_parameters(
 
 
 # ----------------------------------------------------------------------------- writing
-@contextlib.contextmanager
-def _quiet_sparc_api():
-    """sparc-x-api prints one line per checked pseudopotential and warns that FD_GRID overrides
-    its default mesh; neither is news. Other warnings pass through."""
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*conversion of h to mesh grid is ignored.*")
-        yield
-
-
 def write_input_set(atoms, directory, parameters: Mapping[str, object], settings: SparcSettings = SparcSettings(),
                     label: str = DEFAULT_LABEL) -> InputSet:
     """Write ``<label>.inpt``/``.ion`` (+ the psp8 files) into ``directory`` with sparc-x-api.
@@ -257,7 +246,7 @@ def write_input_set(atoms, directory, parameters: Mapping[str, object], settings
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     try:
-        with _quiet_sparc_api():
+        with quiet_third_party(all_warnings=False):
             calc = SPARC(directory=str(directory), label=label, psp_dir=settings.psp_dir, **dict(parameters))
             calc.write_input(atoms)
     except KeyError as exc:
@@ -296,8 +285,7 @@ def read_input_parameters(directory, label: str = DEFAULT_LABEL) -> dict:
     """Read ``<label>.inpt`` back through sparc-x-api's parser: ``{NAME: value}`` with SPARC's types."""
     from sparc.io import SparcBundle
 
-    with _quiet_sparc_api(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_third_party():
         bundle = SparcBundle(Path(directory), mode="r", label=label)
         params = bundle.read_raw_results()["inpt"]["params"]
     return {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v) for k, v in params.items()}

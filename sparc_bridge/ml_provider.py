@@ -34,7 +34,7 @@ from ase_mlrho.grid import Grid
 from .inputs import SparcSettings
 
 __all__ = ["MLProviderSettings", "MLDensityProvider", "ModelPseudopotentialMismatchError",
-           "sparc_settings_for_model", "check_model_for_structure"]
+           "sparc_settings_for_model", "model_reference_settings", "check_model_for_structure"]
 
 
 class ModelPseudopotentialMismatchError(ValueError):
@@ -64,9 +64,24 @@ def _as_model(model):
     return model if isinstance(model, MLRhoModel) else load_model(model)
 
 
-def sparc_settings_for_model(model, base: SparcSettings = SparcSettings()) -> SparcSettings:
-    """``base`` with the model's mesh spacing: the SPARC grid must be the grid the model predicts on."""
-    return replace(base, mesh_spacing_bohr=float(_as_model(model).mesh_spacing_bohr))
+def model_reference_settings(model):
+    """The :class:`~sparc_bridge.reference.ReferenceSettings` a model was trained on: the record in its file,
+    or, for files older than that record, the Gamma-point PBE settings of the shared data at the model's mesh."""
+    from .reference import ReferenceSettings
+
+    model = _as_model(model)
+    recorded = ReferenceSettings.from_metadata(model.metadata)
+    return recorded if recorded is not None else ReferenceSettings(mesh_spacing_bohr=float(model.mesh_spacing_bohr))
+
+
+def sparc_settings_for_model(model, base: SparcSettings = SparcSettings(), atoms=None) -> SparcSettings:
+    """``base`` with the settings of the model's reference data: its mesh (the SPARC grid must be the grid
+    the model predicts on) and, for ``atoms``, its xc, smearing and k-point grid (see
+    :mod:`sparc_bridge.reference`); without ``atoms`` only the mesh is set."""
+    model = _as_model(model)
+    if atoms is None:
+        return replace(base, mesh_spacing_bohr=float(model.mesh_spacing_bohr))
+    return model_reference_settings(model).sparc_settings(atoms, base)
 
 
 def check_model_for_structure(model, atoms, psp_dir: str | None = None) -> None:

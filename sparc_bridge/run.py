@@ -19,8 +19,6 @@ column by Hartree without renaming it, so its values under ``'Free Energy (Ha/at
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -28,12 +26,13 @@ import shlex
 import shutil
 import subprocess
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from ase.units import Hartree
+
+from ase_mlrho.quiet import quiet_third_party
 
 from .density_file import atomic_write
 from .inputs import DEFAULT_LABEL
@@ -131,6 +130,12 @@ def resolve_command(command: str | None = None) -> str:
     return cmd
 
 
+def describe_command(command: str) -> str:
+    """``command`` with every absolute path cut to its file name, for provenance records that others read
+    (``mpirun -np 2 /opt/x/bin/sparc`` -> ``mpirun -np 2 sparc``): how SPARC was launched, not where it lay."""
+    return " ".join(os.path.basename(tok) if os.path.isabs(tok) else tok for tok in shlex.split(command))
+
+
 # ----------------------------------------------------------------------------- running
 def _clean_outputs(directory: Path, label: str) -> None:
     """Remove the marker and SPARC outputs of a previous run (SPARC would otherwise write ``.out_01``...)."""
@@ -165,6 +170,18 @@ def _tail(text: str, n: int = 12) -> str:
     return "\n".join(text.strip().splitlines()[-n:])
 
 
+def _line_buffered(command: str) -> str:
+    """``command`` under coreutils' ``stdbuf -oL -eL`` where it exists.
+
+    SPARC prints its errors (``[FATAL] ...``) with C stdio, which is block-buffered when writing to a
+    file; an error path ends in MPI_Abort, which discards that buffer, so the log would keep only
+    mpirun's "MPI_ABORT was invoked" and never SPARC's reason. ``stdbuf`` makes stdio line-buffered in
+    every process started under it (mpirun passes its environment on to the ranks it starts locally).
+    """
+    stdbuf = shutil.which("stdbuf")
+    return f"{shlex.quote(stdbuf)} -oL -eL {command}" if stdbuf else command
+
+
 def run_sparc(directory, label: str = DEFAULT_LABEL, command: str | None = None,
               timeout_s: float | None = None) -> SparcResult:
     """Run SPARC on the input set in ``directory`` and return its parsed :class:`SparcResult`.
@@ -181,8 +198,8 @@ def run_sparc(directory, label: str = DEFAULT_LABEL, command: str | None = None,
     full = f"{cmd} -name {shlex.quote(label)}"
     t0 = time.perf_counter()
     with open(directory / LOG_NAME, "w") as log:
-        proc = subprocess.Popen(full, shell=True, cwd=directory, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(_line_buffered(full), shell=True, cwd=directory, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
         try:
             rc = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -240,13 +257,6 @@ def is_complete(directory) -> bool:
 
 
 # ----------------------------------------------------------------------------- parsing
-@contextlib.contextmanager
-def _quiet():
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
 def _seconds(text) -> float | None:
     if text is None:
         return None
@@ -265,7 +275,7 @@ def parse_run(directory, label: str = DEFAULT_LABEL, wall_time_s: float | None =
     out_path = directory / f"{label}.out"
     if not out_path.is_file():
         raise SparcRunError(f"{directory}: no {label}.out to parse")
-    with _quiet():
+    with quiet_third_party():
         raw = SparcBundle(directory, mode="r", label=label).read_raw_results()
     out = raw.get("out", {})
     steps = out.get("ionic_steps") or []

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ase.build import bulk
-from ase.units import Bohr, Hartree
+from ase.units import Bohr
 
 from ase_mlrho.cli import main
 from ase_mlrho.descriptors import UnknownSpeciesError

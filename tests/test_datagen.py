@@ -6,7 +6,6 @@ of the committed 4-atom run. With the ``sparc`` marker: `mlrho datagen` on Al4 e
 """
 
 import json
-import os
 import sys
 
 import numpy as np

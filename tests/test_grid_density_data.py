@@ -33,7 +33,9 @@ def _latvec(run):
 
 
 # every SPARC run directory: the shared ones and those committed here (datagen outputs nest them)
-RUNS = shared_runs() + sorted(p.parent for p in (ROOT / "data" / "sparc").rglob("SPARC.out"))
+# (finished ones only: a datagen run in progress has a *.partial directory)
+RUNS = shared_runs() + sorted(p.parent for p in (ROOT / "data" / "sparc").rglob("SPARC.out")
+                              if not p.parent.name.endswith((".partial", ".failed")))
 
 
 @pytest.mark.skipif(not RUNS, reason="shared SPARC data not found next to the repository")

@@ -8,7 +8,6 @@ same predicted field. Its memory per atom is bounded by construction: checked he
 
 import numpy as np
 import pytest
-from ase import Atoms
 from ase.build import bulk
 from ase.units import Bohr
 

@@ -7,7 +7,6 @@ failures use fake executables (small shell scripts), EOS scans use ASE's EMT pot
 from __future__ import annotations
 
 import json
-import os
 import re
 import stat
 import warnings

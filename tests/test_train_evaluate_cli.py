@@ -64,6 +64,11 @@ def test_model_file_records_how_it_was_made(toy_model):
     assert meta["training"]["train_snapshots"][0]["name"] == "al4"
     assert meta["training_command"].startswith("mlrho train")
     assert len(meta["weights_sha256"]) == 64
+    # the DFT settings of its references, read from the fixture's SPARC.inpt / SPARC.ion
+    assert meta["sparc_reference"] == {"xc": "GGA_PBE", "elec_temp_type": "Fermi-Dirac", "elec_temp_k": 631.554,
+                                       "mesh_spacing_bohr": 0.25, "kpoint_length_ang": None,
+                                       "kpoint_shift": [0.0, 0.0, 0.0],
+                                       "pseudopotentials": {"Al": "13_Al_3_1.9_1.9_pbe_n_v1.0.psp8"}}
 
 
 def test_cli_errors_are_one_clear_line(tmp_path, al4_dir, capsys):

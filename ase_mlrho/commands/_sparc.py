@@ -153,6 +153,20 @@ def load_checked_model(model_name: str, atoms, psp_dir: str | None = None):
     return model
 
 
+def check_reference(model, run_dir) -> None:
+    """CommandError unless the reference run ``run_dir`` was computed with the settings the model runs SPARC
+    with for its cell (k-points, mesh, xc, smearing, pseudopotentials): never two energies computed two ways."""
+    from sparc_bridge.ml_provider import model_reference_settings
+    from sparc_bridge.reference import ReferenceMismatchError, check_reference_run
+
+    try:
+        check_reference_run(model_reference_settings(model), run_dir, f"model '{model.name}'")
+    except ReferenceMismatchError as exc:
+        raise CommandError(str(exc)) from None
+    except (OSError, KeyError, ValueError) as exc:
+        raise CommandError(f"{run_dir}: cannot read the reference run's settings ({exc})") from None
+
+
 class PreparedRun(NamedTuple):
     """What energy / eos / warmstart all need before SPARC runs."""
 
@@ -165,16 +179,18 @@ class PreparedRun(NamedTuple):
 
 def prepare_run(args, name: str, check=None) -> PreparedRun:
     """SPARC's command, the structure, the model checked against it, the ML provider settings and a
-    fresh work directory, in that order; ``check()`` (command-specific input checks that may raise
-    ValueError) runs before the work directory is made. Raises CommandError or ValueError."""
+    fresh work directory, in that order; ``check(model)`` (command-specific input checks that may raise
+    ValueError or CommandError) runs before the work directory is made. Raises CommandError or ValueError."""
     from sparc_bridge.ml_provider import MLProviderSettings
 
     provider_settings = MLProviderSettings(n_samples=args.samples, seed=args.seed, workers=args.workers)
     command = sparc_command()
     inp = load_input(args.structure, args.index)
     model = load_checked_model(args.model, inp.atoms)
+    if inp.is_run_dir:
+        check_reference(model, inp.source)
     if check is not None:
-        check()
+        check(model)
     return PreparedRun(command, inp, model, provider_settings, make_workdir(args.workdir, name))
 
 

@@ -59,7 +59,7 @@ def run(args) -> int:
     except (common.CommandError, ValueError) as exc:
         return common.fail(name, exc)
 
-    settings = sparc_settings_for_model(model)
+    settings = sparc_settings_for_model(model, atoms=inp.atoms)
     try:
         screening = common.model_screening(args, model)
     except common.CommandError as exc:

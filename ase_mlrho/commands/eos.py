@@ -110,10 +110,11 @@ def run(args) -> int:
             raise ValueError("strains must be distinct and greater than -1")
         hf = HarrisFoulkesSettings() if args.rho_trigger is None else HarrisFoulkesSettings(rho_trigger=args.rho_trigger)
 
-        def check_scf_runs():
+        def check_scf_runs(model):
             for d in args.scf_runs or ():
                 if not (Path(d) / "SPARC.out").is_file():
                     raise ValueError(f"--scf-runs: {d} is not a SPARC run directory (no SPARC.out)")
+                common.check_reference(model, d)
 
         command, inp, model, provider_settings, workdir = common.prepare_run(args, name, check_scf_runs)
     except (common.CommandError, ValueError) as exc:
@@ -121,7 +122,7 @@ def run(args) -> int:
 
     atoms = inp.atoms
     n_conv = conventional_cubic_atoms(atoms)
-    settings = sparc_settings_for_model(model)
+    settings = sparc_settings_for_model(model, atoms=atoms)
     try:
         screening = common.model_screening(args, model)
     except common.CommandError as exc:

@@ -51,6 +51,7 @@ def run(args) -> int:
     from dataclasses import replace
 
     from ..data import SnapshotError, load_snapshot
+    from sparc_bridge.reference import METADATA_KEY as REFERENCE_KEY, common_reference_settings
     from ..descriptors import UnknownSpeciesError
     from ..models import ModelFileError, load_model, resolve_model_path, save_model
     from ..training import split_by_snapshot
@@ -70,6 +71,8 @@ def run(args) -> int:
         for d in dropped + val_dropped:
             print(f"mlrho finetune: skipping {d}: its SCF did not converge (use --include-unconverged)",
                   file=sys.stderr)
+        # the fine-tuned model stands for the DFT settings of the fine-tuning runs (refused when they disagree)
+        reference = common_reference_settings(list(dirs) + list(val_dirs))
         snaps = [load_snapshot(d) for d in dirs]
         if args.val:
             train, val = snaps, [load_snapshot(d) for d in val_dirs]
@@ -83,8 +86,9 @@ def run(args) -> int:
         command = "mlrho " + " ".join(shlex.quote(str(a)) for a in args.argv)
         model = finetune_model(base, train, val, args.freeze, config, name=args.name or out.stem,
                                base_path=base_path, checkpoint=args.checkpoint,
-                               extra_metadata={"training_command": command})
-    except (ModelFileError, SnapshotError, UnknownSpeciesError, ValueError, TypeError, OSError) as exc:
+                               extra_metadata={"training_command": command,
+                                               REFERENCE_KEY: reference.to_dict()})
+    except (ModelFileError, SnapshotError, UnknownSpeciesError, ValueError, TypeError, OSError, KeyError) as exc:
         print(f"mlrho finetune: {exc}", file=sys.stderr)
         return 2
     save_model(model, out)

@@ -58,8 +58,11 @@ def read_structure(path: str, index: str):
         raise ValueError(f"structure file {path} does not exist")
     if p.is_dir():
         raise ValueError(f"{path} is a directory, not a structure file")
+    from ..quiet import quiet_third_party
+
     try:
-        atoms = read(path, index=index)
+        with quiet_third_party():  # sparc-x-api prints a line per pseudopotential when it reads a .ion
+            atoms = read(path, index=index)
     except Exception as exc:  # noqa: BLE001 - ase.io raises many types for unreadable files
         raise ValueError(f"cannot read {path} as a structure ({type(exc).__name__}: {exc})") from None
     if isinstance(atoms, list):

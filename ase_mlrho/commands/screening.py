@@ -53,6 +53,7 @@ def run(args) -> int:
         for d in args.sparc_dirs:
             if not Path(d).is_dir():
                 raise common.CommandError(f"{d} is not a SPARC run directory")
+            common.check_reference(model, d)
         hf = HarrisFoulkesSettings(rho_trigger=args.rho_trigger)
         workdir = common.make_workdir(args.workdir, name)
     except (common.CommandError, ModelFileError, ValueError) as exc:

@@ -59,9 +59,12 @@ def run(args) -> int:
     from ..descriptors import DescriptorSpec
     from ..models import save_model
     from ..training import split_by_snapshot, train_model
+    from sparc_bridge.reference import METADATA_KEY, common_reference_settings
 
     try:
         descriptor, net_cfg, train_cfg = _configs(args)
+        # the DFT settings the model will stand for; refused when the runs disagree
+        reference = common_reference_settings(list(args.sparc_dirs) + list(args.val or []))
         snaps = [load_snapshot(d) for d in args.sparc_dirs]
         if args.val:
             val = [load_snapshot(d) for d in args.val]
@@ -74,13 +77,14 @@ def run(args) -> int:
         out = Path(args.output)
         if not out.parent.is_dir():
             raise ValueError(f"cannot write {out}: directory {out.parent} does not exist")
-    except (SnapshotError, ValueError, TypeError, OSError) as exc:
+    except (SnapshotError, ValueError, TypeError, OSError, KeyError) as exc:
         print(f"mlrho train: {exc}", file=sys.stderr)
         return 2
     name = args.name or out.stem
     command = "mlrho " + " ".join(shlex.quote(str(a)) for a in args.argv)
     model = train_model(train, val, spec, net_cfg, train_cfg, name=name, checkpoint=args.checkpoint,
-                        extra_metadata={"training_command": command})
+                        extra_metadata={"training_command": command,
+                                                         METADATA_KEY: reference.to_dict()})
     save_model(model, out)
     cal = model.metadata["calibration"]
     members = f" ({model.ensemble_size} members)" if model.ensemble_size > 1 else ""

@@ -49,7 +49,7 @@ def run(args) -> int:
     except (common.CommandError, ValueError) as exc:
         return common.fail(name, exc)
 
-    settings = sparc_settings_for_model(model)
+    settings = sparc_settings_for_model(model, atoms=inp.atoms)
     t0 = time.perf_counter()
     try:
         grid, density, uncertainty = MLDensityProvider(model, provider_settings)(inp.atoms)
