@@ -56,6 +56,9 @@ __all__ = [
     "long_wavelength_components",
     "long_wavelength_residual",
     "second_order_correction",
+    "all_wavelength_correction",
+    "lda_xc_potential",
+    "METHODS",
     "second_order_from_fourier",
     "correction_of",
     "fit_screening",
@@ -65,6 +68,18 @@ __all__ = [
 
 METADATA_KEY = "hf_screening"
 """Key of a model file's metadata under which its fitted :class:`ScreeningModel` is stored."""
+
+METHODS = ("long-wavelength", "all-wavelength")
+"""How :func:`second_order_correction` estimates the error (``ScreeningModel.method``):
+
+* ``long-wavelength`` -- 1/2 Omega sum K |R|^2 / eps over 0 < q < q*, K = 4 pi / q^2 + <f_xc> (the cell
+  average of the LDA kernel): the Hartree-dominated components only. Right for bulk cells, where the
+  density error is smooth; wrong at a defect, where the error is local and its short wavelengths count.
+* ``all-wavelength`` -- every component: delta ~ -eps^-1 R (eps -> 1 at short wavelengths) gives the
+  Hartree part 1/2 Omega sum_{G != 0} 4 pi / q^2 |R|^2 / eps and the xc part
+  -1/2 int [v_xc(rho_in) - v_xc(rho_in - delta)] R dV with the LDA potential itself (a secant, not the
+  kernel f_xc = dv_xc/dn, which diverges where the density nearly vanishes, e.g. inside a vacancy).
+"""
 
 KERNEL_DENSITY_FLOOR = 1e-4
 """Densities below this (e/Bohr^3) are raised to it before the xc kernel (~ -n^(-2/3)) is averaged,
@@ -82,8 +97,11 @@ class ScreeningModel:
     eps0: float
     k2_per_bohr2: float
     source: str = ""
+    method: str = "long-wavelength"
 
     def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown second-order method {self.method!r}; known: {', '.join(METHODS)}")
         if not (self.eps0 > 1.0):
             raise ValueError(f"eps0 must be > 1, got {self.eps0}")
         if not (self.k2_per_bohr2 > 0.0 and math.isfinite(self.k2_per_bohr2)):
@@ -102,7 +120,8 @@ class ScreeningModel:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ScreeningModel":
-        return cls(eps0=float(d["eps0"]), k2_per_bohr2=float(d["k2_per_bohr2"]), source=str(d.get("source", "")))
+        return cls(eps0=float(d["eps0"]), k2_per_bohr2=float(d["k2_per_bohr2"]), source=str(d.get("source", "")),
+                   method=str(d.get("method", "long-wavelength")))
 
     @classmethod
     def from_metadata(cls, metadata: dict) -> "ScreeningModel | None":
@@ -135,13 +154,17 @@ class LongWavelengthResidual:
 @dataclass(frozen=True)
 class SecondOrderCorrection:
     """The estimate: ``correction_ha`` (whole cell, add it to the HF energy), the kernel average and
-    cut-off used, how many Fourier components entered, and (not compared) the residual it came from."""
+    cut-off used, how many Fourier components entered, the method, its Hartree and xc parts (Ha, whole cell;
+    None for ``long-wavelength``), and (not compared) the residual it came from."""
 
     correction_ha: float
     mean_fxc_ha_bohr3: float
     q_cut_per_bohr: float
     n_components: int
     residual: LongWavelengthResidual | None = field(default=None, compare=False, repr=False)
+    method: str = "long-wavelength"
+    hartree_ha: float | None = None
+    xc_ha: float | None = None
 
 
 # ----------------------------------------------------------------------------- LDA xc (PW92)
@@ -154,6 +177,15 @@ def pw92_xc_energy_density(n) -> np.ndarray:
     den = 2.0 * a * (b1 * np.sqrt(rs) + b2 * rs + b3 * rs ** 1.5 + b4 * rs * rs)
     e_c = -2.0 * a * (1.0 + a1 * rs) * np.log1p(1.0 / den)
     return n * (e_x + e_c)
+
+
+def lda_xc_potential(n) -> np.ndarray:
+    """LDA xc potential v_xc(n) = d (n e_xc) / dn (Ha), central differences (relative step 1e-4)."""
+    n = np.asarray(n, dtype=np.float64)
+    if np.any(n <= 0):
+        raise ValueError("the xc potential needs positive densities")
+    h = 1e-4 * n
+    return (pw92_xc_energy_density(n + h) - pw92_xc_energy_density(n - h)) / (2.0 * h)
 
 
 def lda_xc_kernel(n) -> np.ndarray:
@@ -227,9 +259,46 @@ def correction_of(residual: LongWavelengthResidual, screening: ScreeningModel) -
     return replace(c, residual=residual)
 
 
+#: densities are raised to this (e/Bohr^3) before the LDA potential of the all-wavelength xc part
+POTENTIAL_DENSITY_FLOOR = 1e-8
+
+
+def all_wavelength_correction(rho_in, rho_out, cell_bohr, screening: ScreeningModel) -> SecondOrderCorrection:
+    """The ``all-wavelength`` estimate of E* - E_HF (Ha, whole cell); see :data:`METHODS`.
+
+    delta(G) = -R(G) / eps(q) for G != 0 (R = rho_out - rho_in, both integrate to the same charge);
+    Hartree part +1/2 Omega sum 4 pi / q^2 |R|^2 / eps; xc part -1/2 dV sum [v_xc(rho_in) - v_xc(rho_in -
+    delta)] R with the LDA (PW92) potential, densities floored at :data:`POTENTIAL_DENSITY_FLOOR`.
+    """
+    rho_in, rho_out = np.asarray(rho_in, dtype=np.float64), np.asarray(rho_out, dtype=np.float64)
+    if rho_in.shape != rho_out.shape or rho_in.ndim != 3:
+        raise ValueError(f"rho_in and rho_out must be 3-d arrays of one shape, got {rho_in.shape}, {rho_out.shape}")
+    cell = np.asarray(cell_bohr, dtype=np.float64)
+    volume = abs(float(np.linalg.det(cell)))
+    q = reciprocal_norms(rho_in.shape, cell)
+    nonzero = q > 1e-12
+    residual = rho_out - rho_in
+    r_g = np.fft.fftn(residual) / residual.size
+    eps = np.ones_like(q)
+    eps[nonzero] = screening.epsilon(q[nonzero])
+    hartree = 0.5 * volume * float(np.sum(4.0 * math.pi / q[nonzero] ** 2 * np.abs(r_g[nonzero]) ** 2
+                                          / eps[nonzero]))
+    delta_g = np.where(nonzero, -r_g / eps, 0.0)
+    delta = np.real(np.fft.ifftn(delta_g * residual.size))
+    floor = POTENTIAL_DENSITY_FLOOR
+    v_in = lda_xc_potential(np.maximum(rho_in, floor))
+    v_star = lda_xc_potential(np.maximum(rho_in - delta, floor))
+    xc = -0.5 * (volume / residual.size) * float(np.sum((v_in - v_star) * residual))
+    fxc = mean_xc_kernel(rho_in)
+    return SecondOrderCorrection(hartree + xc, fxc, math.inf, int(nonzero.sum()), None, "all-wavelength",
+                                 hartree, xc)
+
+
 def second_order_correction(rho_in, rho_out, cell_bohr, screening: ScreeningModel) -> SecondOrderCorrection:
     """Estimated E* - E_HF (Ha, whole cell) from the input and output densities of one diagonalisation
-    on the same periodic grid (see the module docstring)."""
+    on the same periodic grid, by the screening model's method (see the module docstring and :data:`METHODS`)."""
+    if screening.method == "all-wavelength":
+        return all_wavelength_correction(rho_in, rho_out, cell_bohr, screening)
     return correction_of(long_wavelength_residual(rho_in, rho_out, cell_bohr), screening)
 
 

@@ -258,3 +258,77 @@ def test_shipped_al_screening_brings_real_hf_energies_within_the_bar():
         assert abs(corrected - e_scf) < 1e-4 and abs(corrected - e_scf) < abs(e_hf - e_scf) / 5, name
     q, residual_g, (volume, fxc, natoms, e_hf, e_scf) = cells["al_n=2_T=1575_seed=9"]
     assert e_hf - e_scf < -3e-4
+
+
+# ----------------------------------------------------------------------------- the all-wavelength method
+def test_xc_potential_against_polynomial_derivative():
+    from sparc_bridge.screening import lda_xc_potential
+
+    for n in (1e-6, 1e-3, 0.05, 0.2):
+        x = n * np.linspace(0.98, 1.02, 7)
+        c = np.polyfit(x - n, pw92_xc_energy_density(x), 3)
+        assert float(lda_xc_potential(np.array([n]))[0]) == pytest.approx(c[-2], rel=1e-6)
+    with pytest.raises(ValueError, match="positive"):
+        lda_xc_potential(np.array([0.0]))
+
+
+def test_all_wavelength_equals_brute_force_with_exact_linear_response():
+    """rho_out - rho_in = -eps(q) delta holds exactly (built in G space): the method's delta is the true one,
+    and its estimate must equal -1/2 delta^T K R computed independently: the Hartree part as an explicit
+    discrete Fourier sum over every G != 0, the xc part as the real-space secant with the LDA potential."""
+    from sparc_bridge.screening import all_wavelength_correction, lda_xc_potential
+
+    rng = np.random.default_rng(11)
+    shape, cell = (5, 5, 7), _triclinic_cell()  # odd: no Nyquist plane, so eps(G) = eps(-G) on every node
+    screening = ScreeningModel(math.inf, 1.3, method="all-wavelength")
+    rho_scf = 0.03 + 0.02 * rng.random(shape)
+    q = reciprocal_norms(shape, cell)
+    noise = np.fft.fftn(2e-3 * rng.standard_normal(shape))
+    noise[q < 1e-12] = 0.0  # delta carries no charge
+    delta = np.real(np.fft.ifftn(noise))
+    eps = np.where(q > 1e-12, screening.epsilon(np.where(q > 1e-12, q, 1.0)), 1.0)
+    residual = np.real(np.fft.ifftn(-eps * np.fft.fftn(delta)))
+    rho_in = rho_scf + delta
+    got = all_wavelength_correction(rho_in, rho_in + residual, cell, screening)
+
+    recip = 2 * math.pi * np.linalg.inv(cell).T
+    volume = abs(np.linalg.det(cell))
+    frac = np.stack(np.meshgrid(*(np.arange(n) / n for n in shape), indexing="ij"), -1).reshape(-1, 3)
+    hartree = 0.0
+    for h, k, l in np.ndindex(*shape):
+        m = [x if x < (n + 1) // 2 else x - n for x, n in zip((h, k, l), shape)]  # numpy's fftfreq order
+        qq = float(np.linalg.norm(np.array(m) @ recip))
+        if qq == 0:
+            continue
+        phase = np.exp(-2j * math.pi * (frac @ np.array([h, k, l])))
+        dg = np.sum(delta.reshape(-1) * phase) / delta.size
+        rg = np.sum(residual.reshape(-1) * phase) / delta.size
+        hartree += -0.5 * volume * 4 * math.pi / qq ** 2 * float(np.real(np.conj(dg) * rg))
+    xc = -0.5 * volume / delta.size * float(np.sum((lda_xc_potential(rho_in) - lda_xc_potential(rho_scf)) * residual))
+    assert got.hartree_ha == pytest.approx(hartree, rel=1e-9)
+    assert got.xc_ha == pytest.approx(xc, rel=1e-6)
+    assert got.correction_ha == pytest.approx(hartree + xc, rel=1e-6)
+    assert got.method == "all-wavelength" and got.n_components == int(np.prod(shape)) - 1
+    # and it is the second-order energy: for small delta the secant is the kernel, f_xc delta
+    xc_kernel = -0.5 * volume / delta.size * float(np.sum(lda_xc_kernel(rho_in) * delta * residual))
+    assert got.xc_ha == pytest.approx(xc_kernel, rel=0.05)
+    # the dispatcher picks the method from the screening model
+    assert second_order_correction(rho_in, rho_in + residual, cell, screening).correction_ha == got.correction_ha
+
+
+def test_all_wavelength_survives_an_empty_input_density():
+    """Inside a vacancy a model may predict zero density: the secant stays finite where the kernel diverges."""
+    from sparc_bridge.screening import all_wavelength_correction
+
+    rng = np.random.default_rng(5)
+    shape, cell = (8, 8, 8), np.eye(3) * 8.0
+    rho_in = 0.03 + 0.002 * rng.random(shape)
+    rho_in[:2, :2, :2] = 0.0
+    rho_out = rho_in + 1e-4 * rng.standard_normal(shape)
+    c = all_wavelength_correction(rho_in, rho_out, cell, ScreeningModel(math.inf, 1.4, method="all-wavelength"))
+    assert math.isfinite(c.correction_ha) and math.isfinite(c.xc_ha)
+    with pytest.raises(ValueError, match="unknown second-order method"):
+        ScreeningModel(math.inf, 1.4, method="exact")
+    assert ScreeningModel.from_dict(ScreeningModel(math.inf, 1.4, method="all-wavelength").to_dict()).method == \
+        "all-wavelength"
+    assert ScreeningModel.from_dict({"eps0": 9.0, "k2_per_bohr2": 1.0}).method == "long-wavelength"  # older files

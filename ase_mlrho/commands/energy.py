@@ -20,6 +20,7 @@ directory.
 
 from __future__ import annotations
 
+import math
 import time
 
 from . import _sparc as common
@@ -95,8 +96,14 @@ def run(args) -> int:
         "second_order": None if result.second_order is None else {
             "correction_ha_per_atom": result.second_order.correction_ha / len(atoms),
             "mean_fxc_ha_bohr3": result.second_order.mean_fxc_ha_bohr3,
-            "q_cut_per_bohr": result.second_order.q_cut_per_bohr,
+            # all-wavelength: every component counts (no cut-off), and the Hartree and xc parts are reported
+            "q_cut_per_bohr": None if math.isinf(result.second_order.q_cut_per_bohr)
+            else result.second_order.q_cut_per_bohr,
             "n_components": result.second_order.n_components,
+            "method": result.second_order.method,
+            "hartree_ha_per_atom": None if result.second_order.hartree_ha is None
+            else result.second_order.hartree_ha / len(atoms),
+            "xc_ha_per_atom": None if result.second_order.xc_ha is None else result.second_order.xc_ha / len(atoms),
             "screening": screening.to_dict()},
         "scf_error_first_iteration": result.first_scf_error,
         "seconds": seconds,
