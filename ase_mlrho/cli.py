@@ -26,10 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    import time
+
+    t_start = time.perf_counter()
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv  # the command as given, recorded by commands that write provenance
+    args.t_start = t_start  # commands that print a time count the whole command
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0

@@ -587,9 +587,9 @@ def output_kind(path) -> str:
     raise OutputError(f"output {path}: unknown format; use a name ending in .zarr, .cube, .dens or .npz")
 
 
-def check_output(path, overwrite_zarr: bool = False) -> tuple[str, Path]:
+def check_output(path, overwrite: bool = False) -> tuple[str, Path]:
     """Refuse an output early (before any work): unknown format, missing or read-only directory,
-    or an existing zarr store (unless ``overwrite_zarr``). Returns (kind, path)."""
+    or an existing output of any format (unless ``overwrite``). Returns (kind, path)."""
     kind = output_kind(path)
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
@@ -604,7 +604,7 @@ def check_output(path, overwrite_zarr: bool = False) -> tuple[str, Path]:
         raise OutputError(f"cannot write {path}: directory {parent} is not writable ({exc.strerror})") from None
     if path.is_dir() and kind != "zarr":
         raise OutputError(f"cannot write {path}: it is a directory")
-    if kind == "zarr" and path.exists() and not overwrite_zarr:
+    if path.exists() and not overwrite:
         raise OutputError(f"{path} already exists; remove it, choose another name, or pass --overwrite")
     if path.exists() and kind != "zarr" and not os.access(path, os.W_OK):
         raise OutputError(f"cannot write {path}: the file is not writable")
@@ -750,7 +750,7 @@ def run_prediction(model, atoms, output=None, settings: InferenceSettings = Infe
     spacing = settings.mesh_spacing_bohr or model.mesh_spacing_bohr
     grid = grid or Grid.from_cell(structure.cell_bohr, spacing, structure.pbc)
     n_electrons = model.n_electrons(structure.numbers)
-    kind, path = ("memory", None) if output is None else check_output(output, overwrite_zarr=overwrite)
+    kind, path = ("memory", None) if output is None else check_output(output, overwrite=overwrite)
     job = _make_job(model, structure, grid, settings)
     plan = job.plan
     attrs = {

@@ -1,6 +1,6 @@
 """Training-data generation: thermalised snapshots of a structure, one SPARC SCF each.
 
-The recipe (the one that made ``../shared/data/sparc``):
+The recipe (the one that made the reference data under ``data/sparc``):
 
 1. **sample** -- for every (temperature, seed) pair, molecular dynamics with an ASE calculator
    (ASE's EMT by default): Maxwell-Boltzmann velocities and a Langevin thermostat, both driven by

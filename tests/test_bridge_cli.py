@@ -248,6 +248,7 @@ def _check_eos_block(block: dict, natoms: int):
     assert block["natoms"] == natoms
 
 
+@pytest.mark.filterwarnings("ignore:Covariance of the parameters could not be estimated")  # the fake E(a) is exact
 def test_eos_json_with_scf(fake_sparc, toy_model, tmp_path, capsys):
     al32 = tmp_path / "al32.xyz"
     bulk("Al", "fcc", a=4.05, cubic=True).repeat(2).write(al32)

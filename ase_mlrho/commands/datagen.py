@@ -24,7 +24,7 @@ def register(subparsers) -> None:
         description="Sample thermalised configurations (ASE molecular dynamics, EMT Langevin by default) at the "
                     "given temperatures, keep decorrelated frames, and run one SPARC SCF per snapshot "
                     "(PBE, psp8 from sparc-x-api, Fermi-Dirac 631.554 K, mesh 0.25 Bohr, 0.4 Bohr for Si/Ge). "
-                    "Writes one directory per snapshot (the layout of ../shared/data/sparc) and manifest.json.")
+                    "Writes one directory per snapshot (the layout of data/sparc in the repository) and manifest.json.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--structure", help="structure file (any format ase.io.read knows; periodic)")
     src.add_argument("--element", help="bulk crystal of this element (with --lattice, --a, --supercell)")
@@ -45,7 +45,7 @@ def register(subparsers) -> None:
                         "--rattle * sqrt(T) A, no MD: the shared SiGe data's scheme), or sparc-aimd (not implemented)")
     p.add_argument("--rattle", type=float, default=0.0045, dest="rattle_ang_per_sqrt_k",
                    help="amplitude of --calculator rattle in A/sqrt(K) (default 0.0045)")
-    p.add_argument("--timestep-fs", type=float, default=2.0)
+    p.add_argument("--timestep-fs", type=float, default=2.0, help="MD time step in fs (default 2)")
     p.add_argument("--steps", type=int, default=600, help="equilibration steps before the first frame (default 600)")
     p.add_argument("--friction", type=float, default=0.02, help="Langevin friction, inverse ASE time units")
     p.add_argument("--frames", type=int, default=1, help="frames kept per trajectory (default 1)")
@@ -57,12 +57,13 @@ def register(subparsers) -> None:
                         "snapshot names get _k=N1xN2xN3")
     p.add_argument("--kpoint-shift", type=float, metavar="S",
                    help="KPOINT_SHIFT on every axis (SPARC's default 0; 0.5 gives a shifted grid)")
-    p.add_argument("--tol-scf", type=float, default=1e-6)
-    p.add_argument("--maxit-scf", type=int, default=100)
+    p.add_argument("--tol-scf", type=float, default=1e-6, help="SPARC's SCF tolerance TOL_SCF (default 1e-6)")
+    p.add_argument("--maxit-scf", type=int, default=100, help="most SCF iterations per snapshot (default 100); "
+                   "a snapshot that needs more is flagged unconverged")
     p.add_argument("--sparc-command", help="SPARC command without -name (default: $ASE_SPARC_COMMAND)")
     p.add_argument("--timeout-s", type=float, help="time limit of each SCF")
     p.add_argument("--retry-failed", action="store_true", help="run failed snapshots again")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 

@@ -12,10 +12,12 @@ def register(subparsers) -> None:
                               description="Predict each SPARC run directory's density and compare it with "
                                           "SPARC's converged density: error per electron, RMSE, NRMSE, "
                                           "coverage of the 1/2/3 sigma intervals, miscalibration area.")
-    p.add_argument("sparc_dirs", nargs="+", metavar="SPARC_DIR")
+    p.add_argument("sparc_dirs", nargs="+", metavar="SPARC_DIR",
+                   help="finished SPARC run directories with their converged density (SPARC.dens or SPARC.dens.gz)")
     p.add_argument("-m", "--model", default="al-pbe", help="shipped model name or model file (default al-pbe)")
     p.add_argument("--samples", type=int, default=None, help="weight samples (default: the model's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the posterior weight samples (default 0): the same "
+                                                       "seed gives the same figures bit for bit")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--plot", metavar="DIR", help="write a density slice with its +/-3 sigma band and a "
                                                  "reliability diagram per snapshot to DIR")
@@ -41,12 +43,15 @@ def run(args) -> int:
     if args.json:
         print(json.dumps({"model": model.name, "snapshots": [m.to_dict() for m in per], "overall": overall.to_dict()}))
         return 0
-    head = f"{'snapshot':28s} {'eps %':>7s} {'RMSE':>9s} {'NRMSE %':>8s} {'cov1':>6s} {'cov2':>6s} {'cov3':>6s} " \
+    width = max(len("snapshot"), *(len(m.name) for m in [*per, overall]))
+    head = f"{'snapshot':{width}s} {'eps %':>7s} {'RMSE':>9s} {'NRMSE %':>8s} {'cov1':>6s} {'cov2':>6s} {'cov3':>6s} " \
            f"{'miscal':>7s} {'sig_ale':>9s} {'sig_epi':>9s} {'s':>6s}"
-    print(f"model {model.name}: densities in e/Bohr^3, coverage = fraction inside +/- k sigma")
+    print(f"model {model.name}: eps % = 100 int|rho_ML - rho_DFT| dV / N_electrons (electrons misplaced, per "
+          "electron); RMSE in e/Bohr^3; cov k = fraction of points inside +/- k sigma; miscal = miscalibration "
+          "area; sig_ale / sig_epi = mean aleatoric / epistemic sigma (e/Bohr^3); s = seconds")
     print(head)
     for m in [*per, overall]:
-        print(f"{m.name:28s} {m.eps_rho_percent:7.3f} {m.rmse_e_per_bohr3:9.2e} {m.nrmse_percent:8.3f} "
+        print(f"{m.name:{width}s} {m.eps_rho_percent:7.3f} {m.rmse_e_per_bohr3:9.2e} {m.nrmse_percent:8.3f} "
               f"{m.coverage_1sigma:6.3f} {m.coverage_2sigma:6.3f} {m.coverage_3sigma:6.3f} "
               f"{m.miscalibration_area:7.4f} {m.sigma_aleatoric_mean_e_per_bohr3:9.2e} "
               f"{m.sigma_epistemic_mean_e_per_bohr3:9.2e} {m.seconds:6.1f}")

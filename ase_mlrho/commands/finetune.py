@@ -26,11 +26,11 @@ def register(subparsers) -> None:
     p.add_argument("--val", nargs="+", default=None, metavar="SPARC_DIR",
                    help="validation snapshots (early stopping, calibration); default: 20%% of the inputs, by snapshot")
     p.add_argument("--name", help="model name stored in the file (default: output file stem)")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="passes over the fine-tuning points (default: the fine-tuning defaults)")
     p.add_argument("--points", type=int, help="grid points sampled per fine-tuning snapshot")
     p.add_argument("--val-points", type=int, help="grid points sampled per validation snapshot")
     p.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seed of the point sampling and weight samples (same seed, same model)")
     p.add_argument("--include-unconverged", action="store_true",
                    help="also use snapshots whose SCF did not converge (excluded by default)")
     p.add_argument("--checkpoint", help="checkpoint file written at every validation improvement")

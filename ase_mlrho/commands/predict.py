@@ -29,7 +29,9 @@ def register(subparsers) -> None:
     p.add_argument("--index", default="-1", help="frame of a trajectory file to use (ase.io.read index; default -1)")
     p.add_argument("--samples", type=int, default=None, help="posterior weight samples (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weight samples (default 0)")
-    p.add_argument("--executor", choices=("serial", "processes", "dask"), default="serial")
+    p.add_argument("--executor", choices=("serial", "processes", "dask"), default="serial",
+                   help="serial (default), local worker processes (--workers), or Dask (--dask-address to join a "
+                        "cluster); every executor gives the same field to rounding")
     p.add_argument("--workers", type=int, default=1, help="worker processes for processes / a Dask LocalCluster")
     p.add_argument("--dask-address", metavar="ADDR", help="join a running Dask scheduler (tcp://host:port) instead "
                                                           "of starting a LocalCluster; implies --executor dask")
@@ -38,7 +40,8 @@ def register(subparsers) -> None:
                    help="neighbour tables of all atoms in every worker (structure), or of the atoms around each "
                         "block only (block: worker memory independent of the cell, for 10^5+ atoms); "
                         "auto (default) picks block from 2000 atoms on; the results agree to rounding")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.zarr store")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output (any format); without it an "
+                                                            "existing OUT is refused before any work")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
     p.set_defaults(func=run)
@@ -71,23 +74,30 @@ def read_structure(path: str, index: str):
 
 
 def run(args) -> int:
+    import time
+
+    t_start = getattr(args, "t_start", None) or time.perf_counter()
     from ..grid import InvalidStructureError
     from ..inference import (DEFAULT_CHUNK_POINTS, OOD_WARNING_FRACTION, ExecutorSettings, InferenceSettings,
                              OutputError, check_output, run_prediction, validate_structure)
-    from ..models import ModelFileError, load_model
 
     executor = "dask" if args.dask_address else args.executor
-    try:
+    try:  # cheap checks first: a missing file or a refused output costs no torch import
         settings = InferenceSettings(n_samples=args.samples, seed=args.seed,
                                      chunk_points=args.chunk_points or DEFAULT_CHUNK_POINTS,
                                      neighbour_tables=args.neighbour_tables)
         ex = ExecutorSettings(executor, args.workers, args.dask_address)
         if args.output:
-            check_output(args.output, overwrite_zarr=args.overwrite)
+            check_output(args.output, overwrite=args.overwrite)
         atoms = read_structure(args.structure, args.index)
+    except (ValueError, OutputError, InvalidStructureError, OSError) as exc:
+        return _fail(exc)
+    from ..models import ModelFileError, load_model
+
+    try:
         model = load_model(args.model)
         validate_structure(model, atoms)
-    except (ValueError, OutputError, ModelFileError, InvalidStructureError, OSError) as exc:
+    except (ValueError, ModelFileError, InvalidStructureError, OSError) as exc:
         return _fail(exc)
 
     try:
@@ -96,6 +106,7 @@ def run(args) -> int:
     except (ValueError, OSError) as exc:  # OutputError, InvalidStructureError, a field that cannot be renormalised
         return _fail(exc)
     s = result.summary
+    total_s = time.perf_counter() - t_start
     if s.looks_out_of_distribution:
         print(f"mlrho predict: warning: {100 * s.ood_fraction:.1f} % of the grid points have an epistemic sigma above "
               f"the model's validation range (p99.9 = {s.ood_threshold_e_per_bohr3:.3g} e/Bohr^3; more than "
@@ -109,17 +120,18 @@ def run(args) -> int:
         report.update({k: d[k] for k in ("n_points", "renormalisation_factor", "ood_threshold_e_per_bohr3",
                                            "chunks", "chunks_resumed", "executor", "workers")})
         report["model"] = model.name
+        report["command_seconds"] = total_s  # the whole command: start-up, model loading, prediction, output
         print(json.dumps(report))
     else:
         nx, ny, nz = s.grid_shape
         ood = "n/a (the model records no validation range)" if s.ood_fraction is None else \
-            f"{100 * s.ood_fraction:.3g} % of points above the validation p99.9"
+            f"{100 * s.ood_fraction:.3g} % of points above the 99.9th percentile of the validation cells' epistemic sigma"
         print(f"structure      {args.structure}: {s.natoms} atoms, model {model.name}")
         print(f"grid           {nx} x {ny} x {nz} = {s.n_points:,} points, {s.chunks} blocks"
               + (f" ({s.chunks_resumed} resumed)" if s.chunks_resumed else ""))
         print(f"electrons      {s.n_electrons:.6g} (raw prediction integrates to {s.electrons_raw:.6g})")
-        print(f"time           {s.seconds:.2f} s, {s.points_per_second:,.0f} points/s ({s.executor}, "
-              f"{s.workers} worker{'s' if s.workers > 1 else ''})")
+        print(f"time           {total_s:.2f} s in all; prediction {s.seconds:.2f} s, {s.points_per_second:,.0f} "
+              f"points/s ({s.executor}, {s.workers} worker{'s' if s.workers > 1 else ''})")
         print(f"sigma total    max {s.sigma_total_max_e_per_bohr3:.3e}, mean {s.sigma_total_mean_e_per_bohr3:.3e} "
               "e/Bohr^3")
         print(f"epistemic OOD  {ood}")

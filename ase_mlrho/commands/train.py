@@ -23,10 +23,11 @@ def register(subparsers) -> None:
     p.add_argument("--m-s", type=int, help="Set II atoms M_s")
     p.add_argument("--k", type=int, help="Set II neighbours per atom k")
     p.add_argument("--hidden", help="hidden widths, e.g. 64,64,64")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="passes over the sampled training points")
     p.add_argument("--points", type=int, help="grid points sampled per training snapshot")
     p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seed of the point sampling, initial weights and weight samples "
+                                                 "(same seed, same model bit for bit)")
     p.add_argument("--ensemble", type=int, metavar="K",
                    help="train K networks (seeds SEED..SEED+K-1) and save them as one ensemble model (default 1)")
     p.add_argument("--checkpoint", help="checkpoint file written at every validation improvement")
