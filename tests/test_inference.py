@@ -291,6 +291,31 @@ def test_predict_warns_when_the_structure_looks_out_of_distribution(toy_model_pa
         assert ("out of distribution" in captured.err) is warned
 
 
+def test_predict_json_from_a_sparc_ion_file_is_pure_json(toy_model_path, tmp_path, capsys):
+    """sparc-x-api prints a line per pseudopotential when it reads a .ion file: none of it reaches stdout."""
+    from sparc_bridge.inputs import SparcSettings, write_scf_input
+
+    write_scf_input(al_cell((1, 1, 1)), tmp_path, SparcSettings())
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "SPARC.ion"), "-m", toy_model_path, "--json", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out)["natoms"] == 4 and out.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize("ext", ["cube", "npz", "zarr"])
+def test_every_output_is_refused_when_it_exists_unless_overwrite(ext, toy_model_path, tmp_path, capsys):
+    xyz = tmp_path / "al.xyz"
+    write(xyz, al_cell((1, 1, 1)))
+    out = tmp_path / f"al.{ext}"
+    args = ["predict", str(xyz), "-m", toy_model_path, "-o", str(out), "--quiet", "--samples", "2"]
+    assert main(args) == 0
+    stamp = out.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "already exists" in capsys.readouterr().err and out.stat().st_mtime_ns == stamp
+    assert main(args + ["--overwrite"]) == 0
+
+
 @pytest.mark.parametrize("case", ["missing", "unreadable", "unknown_species", "no_directory", "not_writable",
                                   "unknown_format", "empty"])
 def test_predict_bad_input_fails_with_one_line_and_no_output(case, toy_model_path, tmp_path, capsys):
