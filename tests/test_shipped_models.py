@@ -77,21 +77,3 @@ def test_sige_pbe_on_committed_held_out_cells_and_away_from_its_composition():
     eps = [m.eps_rho_percent for m in metrics]
     epi = [m.sigma_epistemic_mean_e_per_bohr3 for m in metrics]
     assert np.corrcoef(eps, epi)[0, 1] > 0.6
-
-
-@pytest.mark.sparc
-def test_sige_pbe_harris_foulkes_energy_on_a_held_out_cell(sparc_command, tmp_path):
-    """Harris-Foulkes energy of the shipped model's density for a held-out Si32Ge32 cell (600 K,
-    committed) against that cell's SCF energy: -2.35e-5 Ha/atom when shipped (bar 1e-4). About 4
-    minutes of SPARC on 2 cores."""
-    from sparc_bridge.harris_foulkes import harris_foulkes_energy
-    from sparc_bridge.inputs import SparcSettings
-
-    from ase_mlrho.inference import predict_field
-
-    model = load_model("sige-pbe")
-    snap = load_snapshot(SIGE_DATA / "x05" / "sige_x=0.5_n=2_T=600_seed=21")
-    field = predict_field(model, snap.atoms, snap.grid)
-    r = harris_foulkes_energy(snap.atoms, field.density, snap.grid, SparcSettings(mesh_spacing_bohr=0.4), tmp_path,
-                              command=sparc_command, timeout_s=1200)
-    assert abs(r.energy_per_atom_ha - snap.free_energy_ha / snap.natoms) < 1e-4
