@@ -53,7 +53,8 @@ from .threads import torch_threads
 __all__ = [
     "FieldPrediction", "predict_field", "renormalise", "InferenceSettings", "ExecutorSettings", "ChunkPlan",
     "Structure", "PredictionSummary", "PredictionRun", "run_prediction", "open_prediction", "verify_prediction",
-    "OutputError", "ZARR_FORMAT", "DEFAULT_CHUNK_POINTS", "OOD_WARNING_FRACTION", "output_kind",
+    "OutputError", "ZARR_FORMAT", "DEFAULT_CHUNK_POINTS", "OOD_WARNING_FRACTION", "output_sink", "FileSink",
+    "SinkInput", "CORE_SINKS", "CUBE_SINK", "NPZ_SINK",
 ]
 
 #: default points per block (task and zarr chunk): 2^18 points = 1 MiB of float32 per array
@@ -577,20 +578,61 @@ def _factor(electrons_clipped: float, n_electrons: float) -> float:
 
 
 # ====================================================================== outputs
-def output_kind(path) -> str:
-    """The sink for an output path, from its suffix: zarr, cube, dens, npz."""
+@dataclass(frozen=True)
+class FileSink:
+    """An output format written in one piece once the whole field is known (the zarr store, written block by
+    block while the prediction runs, is the other kind of output).
+
+    ``suffixes``: file names it takes; ``fields``: the arrays it needs (``density`` alone, or with the two
+    sigmas); ``write(path, output)``: writes the file atomically from a :class:`SinkInput`.
+    The core provides cube and npz (:data:`CORE_SINKS`); a DFT code's own format comes from its bridge
+    (SPARC's ``.dens``: :data:`sparc_bridge.density_file.DENS_SINK`) and is passed to :func:`run_prediction`.
+    """
+
+    name: str
+    suffixes: tuple[str, ...]
+    fields: tuple[str, ...]
+    write: Callable[[Path, "SinkInput"], Path]
+
+
+@dataclass(frozen=True, eq=False)
+class SinkInput:
+    """What a :class:`FileSink` writes from: the model, the structure (ase.Atoms and its :class:`Structure`),
+    the grid, the renormalised arrays it asked for (e/Bohr^3) and the run's attributes."""
+
+    model: object
+    atoms: object
+    structure: "Structure"
+    grid: Grid
+    arrays: dict
+    renormalisation_factor: float
+    electrons_raw: float
+    attrs: dict
+
+
+ZARR_SUFFIX = ".zarr"
+SIGMA_FIELDS = ("density", "sigma_aleatoric", "sigma_epistemic")
+
+
+def output_sink(path, sinks: tuple[FileSink, ...] | None = None) -> FileSink | str:
+    """The output for a path, from its suffix: ``"zarr"`` (the chunked store) or one of ``sinks``
+    (default :data:`CORE_SINKS`); :class:`OutputError` naming the formats there are."""
+    sinks = CORE_SINKS if sinks is None else sinks
     name = str(path).rstrip("/")
-    for suffix, kind in ((".zarr", "zarr"), (".cube", "cube"), (".dens", "dens"), (".dens.gz", "dens"),
-                         (".npz", "npz")):
-        if name.endswith(suffix):
-            return kind
-    raise OutputError(f"output {path}: unknown format; use a name ending in .zarr, .cube, .dens or .npz")
+    if name.endswith(ZARR_SUFFIX):
+        return "zarr"
+    for sink in sinks:
+        if name.endswith(sink.suffixes):
+            return sink
+    known = ", ".join([ZARR_SUFFIX] + [x for sink in sinks for x in sink.suffixes])
+    raise OutputError(f"output {path}: unknown format; use a name ending in {known}")
 
 
-def check_output(path, overwrite: bool = False) -> tuple[str, Path]:
+def check_output(path, overwrite: bool = False, sinks: tuple[FileSink, ...] | None = None) -> tuple[FileSink | str, Path]:
     """Refuse an output early (before any work): unknown format, missing or read-only directory,
-    or an existing output of any format (unless ``overwrite``). Returns (kind, path)."""
-    kind = output_kind(path)
+    or an existing output of any format (unless ``overwrite``). Returns (sink, path), the sink as in
+    :func:`output_sink`."""
+    kind = output_sink(path, sinks)
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
@@ -735,13 +777,15 @@ class _Accumulator:
 def run_prediction(model, atoms, output=None, settings: InferenceSettings = InferenceSettings(),
                    executor: ExecutorSettings = ExecutorSettings(), grid: Grid | None = None,
                    progress: bool = False, overwrite: bool = False,
-                   on_block: Callable[[int], None] | None = None) -> PredictionRun:
+                   on_block: Callable[[int], None] | None = None,
+                   sinks: tuple[FileSink, ...] | None = None) -> PredictionRun:
     """Predict the density of ``atoms`` (ase.Atoms, Angstrom) with uncertainty, block by block.
 
-    output : None (in memory), or a path ending in ``.zarr`` (chunked store, resumable), ``.cube``,
-        ``.dens`` / ``.dens.gz`` (SPARC) or ``.npz``. Files are written atomically; a zarr store is
-        built as ``NAME.zarr.partial`` and renamed when complete. Rerunning the same prediction
-        with the same output resumes an interrupted ``.partial`` store.
+    output : None (in memory), or a path ending in ``.zarr`` (chunked store, resumable) or in a suffix of
+        one of ``sinks`` (default :data:`CORE_SINKS`: ``.cube``, ``.npz``; add
+        :data:`sparc_bridge.density_file.DENS_SINK` for SPARC's ``.dens``). Files are written atomically;
+        a zarr store is built as ``NAME.zarr.partial`` and renamed when complete. Rerunning the same
+        prediction with the same output resumes an interrupted ``.partial`` store.
     grid : the grid (default: the model's mesh spacing, or ``settings.mesh_spacing_bohr``, on the cell).
     on_block : called with each finished block index (progress hooks; tests use it to interrupt a run).
     """
@@ -750,7 +794,7 @@ def run_prediction(model, atoms, output=None, settings: InferenceSettings = Infe
     spacing = settings.mesh_spacing_bohr or model.mesh_spacing_bohr
     grid = grid or Grid.from_cell(structure.cell_bohr, spacing, structure.pbc)
     n_electrons = model.n_electrons(structure.numbers)
-    kind, path = ("memory", None) if output is None else check_output(output, overwrite=overwrite)
+    sink, path = (None, None) if output is None else check_output(output, overwrite, sinks)
     job = _make_job(model, structure, grid, settings)
     plan = job.plan
     attrs = {
@@ -769,7 +813,7 @@ def run_prediction(model, atoms, output=None, settings: InferenceSettings = Infe
     acc = group = state = None
     todo = list(range(plan.n_chunks))
     resumed = 0
-    if kind == "zarr":
+    if sink == "zarr":
         group, state = _open_zarr_store(path, job, attrs)
         done_state = state[:]
         stats[:] = group["chunk_stats"][:]
@@ -777,7 +821,7 @@ def run_prediction(model, atoms, output=None, settings: InferenceSettings = Infe
         resumed = plan.n_chunks - len(todo)
         store = str(_partial_path(path))
     else:
-        names = ("density",) if kind in ("cube", "dens") else ("density", "sigma_aleatoric", "sigma_epistemic")
+        names = SIGMA_FIELDS if sink is None else sink.fields
         acc = _Accumulator(grid.shape, names, None if path is None else (path.parent if str(path.parent) else Path(".")))
         store = None
 
@@ -835,19 +879,15 @@ def run_prediction(model, atoms, output=None, settings: InferenceSettings = Infe
             pred = FieldPrediction(grid, a["density"], a["sigma_aleatoric"], a["sigma_epistemic"], n_electrons,
                                    electrons_raw, factor)
     try:
-        if kind == "zarr":
+        if sink == "zarr":
             group.attrs.update({"complete": True, "ood_fraction": ood})
             if path.exists():  # --overwrite: the old store goes only now that the new one is complete
                 shutil.rmtree(path)
             os.replace(_partial_path(path), path)
-        elif kind == "cube":
-            _write_cube(path, atoms, grid, acc.arrays["density"])
-        elif kind == "dens":
-            _write_dens(path, model, structure, grid, acc.arrays["density"])
-        elif kind == "npz":
-            _write_npz(path, pred, structure, attrs)
+        elif sink is not None:
+            sink.write(path, SinkInput(model, atoms, structure, grid, acc.arrays, factor, electrons_raw, attrs))
     finally:
-        if kind in ("cube", "dens", "npz") and acc is not None and acc._tmp is not None:
+        if isinstance(sink, FileSink) and acc._tmp is not None:  # memmap-backed: the arrays go with it
             pred = None
             acc.close()
 
@@ -904,27 +944,17 @@ def validate_structure(model, atoms) -> Structure:
 
 
 # ---------------------------------------------------------------- file writers (atomic)
-def _write_dens(path: Path, model, structure: Structure, grid: Grid, density) -> Path:
-    from ase.data import chemical_symbols
-
-    from sparc_bridge.density_file import write_density
-
-    val = model.valence_electrons
-    valence = [val[chemical_symbols[int(z)]] for z in structure.numbers]
-    return write_density(path, density, grid.cell_bohr, structure.numbers, structure.positions_bohr, valence,
-                         comment=f"Electron density predicted by ase-mlrho model {model.name}", pbc=grid.pbc)
-
-
-def _write_cube(path: Path, atoms, grid: Grid, density) -> Path:
+def _write_cube(path: Path, out: SinkInput) -> Path:
     """Gaussian cube, ``ase.io.cube`` layout; values in electrons/Bohr^3 (the cube format's atomic
     units -- ``ase.io.cube`` writes and reads the numbers unconverted). Along a non-periodic
     direction the last node sits on the box face, so the voxel there is L / (N - 1)."""
     from ase.io.cube import write_cube
     from ase.units import Bohr
 
-    from sparc_bridge.density_file import atomic_write
+    from .files import atomic_write
 
-    cube_atoms = atoms.copy()
+    grid = out.grid
+    cube_atoms = out.atoms.copy()
     if any(grid.pbc):
         cube_atoms.wrap(pbc=grid.pbc)
     cell = grid.cell_bohr * Bohr
@@ -932,21 +962,29 @@ def _write_cube(path: Path, atoms, grid: Grid, density) -> Path:
         if not p:
             cell[d] *= n / (n - 1)
     cube_atoms.set_cell(cell, scale_atoms=False)
-    return atomic_write(path, lambda f: write_cube(f, cube_atoms, data=density,
+    return atomic_write(path, lambda f: write_cube(f, cube_atoms, data=out.arrays["density"],
                                                    comment="ase-mlrho density, electrons/Bohr^3"))
 
 
-def _write_npz(path: Path, pred: FieldPrediction, structure: Structure, attrs: dict) -> Path:
-    from sparc_bridge.density_file import atomic_write
+def _write_npz(path: Path, out: SinkInput) -> Path:
+    from .files import atomic_write
 
-    meta = {**attrs, "renormalisation_factor": pred.renormalisation_factor, "electrons_raw": pred.electrons_raw}
+    a = out.arrays
+    meta = {**out.attrs, "renormalisation_factor": out.renormalisation_factor, "electrons_raw": out.electrons_raw}
     arrays = {
-        "density_e_per_bohr3": pred.density, "sigma_total_e_per_bohr3": pred.sigma_total,
-        "sigma_aleatoric_e_per_bohr3": pred.sigma_aleatoric, "sigma_epistemic_e_per_bohr3": pred.sigma_epistemic,
-        "cell_bohr": pred.grid.cell_bohr, "pbc": np.array(pred.grid.pbc), "numbers": structure.numbers,
-        "positions_bohr": structure.positions_bohr, "metadata_json": np.array(json.dumps(meta)),
+        "density_e_per_bohr3": a["density"],
+        "sigma_total_e_per_bohr3": np.sqrt(a["sigma_aleatoric"] ** 2 + a["sigma_epistemic"] ** 2),
+        "sigma_aleatoric_e_per_bohr3": a["sigma_aleatoric"], "sigma_epistemic_e_per_bohr3": a["sigma_epistemic"],
+        "cell_bohr": out.grid.cell_bohr, "pbc": np.array(out.grid.pbc), "numbers": out.structure.numbers,
+        "positions_bohr": out.structure.positions_bohr, "metadata_json": np.array(json.dumps(meta)),
     }
     return atomic_write(path, lambda f: np.savez_compressed(f, **arrays), binary=True)
+
+
+CUBE_SINK = FileSink("cube", (".cube",), ("density",), _write_cube)
+NPZ_SINK = FileSink("npz", (".npz",), SIGMA_FIELDS, _write_npz)
+#: the outputs the core writes itself (besides the zarr store)
+CORE_SINKS = (CUBE_SINK, NPZ_SINK)
 
 
 # ====================================================================== the classic entry point

@@ -131,7 +131,7 @@ def save_model(model: MLRhoModel, path) -> Path:
     """Write the model atomically to ``path`` (``.safetensors``)."""
     from safetensors.torch import save
 
-    from sparc_bridge.density_file import atomic_write
+    from .files import atomic_write
 
     path = Path(path)
     tensors = _tensors(model.network)

@@ -296,14 +296,22 @@ def _provenance(snapshot) -> dict:
 
 
 def _species_metadata(spec, snapshots) -> dict:
-    from .data import valence_electrons
-
     meshes = {s.provenance.get("mesh_spacing_bohr") for s in snapshots}
     meshes.discard(None)
     if len(meshes) > 1:
         raise ValueError(f"training snapshots use different mesh spacings: {sorted(meshes)}")
     mesh = meshes.pop() if meshes else float(np.mean(snapshots[0].grid.spacing_bohr))
-    return {"valence_electrons": {s: valence_electrons(s) for s in spec.species}, "mesh_spacing_bohr": float(mesh)}
+    valence: dict[str, float] = {}
+    for snap in snapshots:  # each snapshot says the valence of its elements (its pseudopotentials)
+        for symbol, z in snap.valence_electrons.items():
+            if symbol in valence and abs(valence[symbol] - float(z)) > 1e-9:
+                raise ValueError(f"training snapshots use different pseudopotentials for {symbol}: "
+                                 f"{valence[symbol]:g} and {float(z):g} valence electrons")
+            valence[symbol] = float(z)
+    missing = [s for s in spec.species if s not in valence]
+    if missing:
+        raise ValueError(f"no training snapshot says the valence electrons of {', '.join(missing)}")
+    return {"valence_electrons": {s: valence[s] for s in spec.species}, "mesh_spacing_bohr": float(mesh)}
 
 
 def _save_checkpoint(network, path, name, epoch, val_mae) -> None:

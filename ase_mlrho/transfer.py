@@ -282,7 +282,7 @@ def plot_descriptor_histograms(desc_a, desc_b, path, comparison: DistributionCom
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sparc_bridge.density_file import atomic_write
+    from .files import atomic_write
 
     comparison = comparison or compare_descriptor_distributions(desc_a, desc_b, labels, feature_names, n_bins)
     js = np.asarray(comparison.js_per_feature)

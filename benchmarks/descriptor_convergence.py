@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ase_mlrho.data import load_snapshot
+from sparc_bridge.snapshots import load_snapshot
 from ase_mlrho.descriptors import DescriptorSpec
 from ase_mlrho.evaluation import evaluate_snapshots
 from ase_mlrho.model import NetworkConfig

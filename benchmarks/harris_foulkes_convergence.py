@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ase_mlrho.data import load_snapshot  # noqa: E402
+from sparc_bridge.snapshots import load_snapshot  # noqa: E402
 from sparc_bridge.harris_foulkes import harris_foulkes_energy  # noqa: E402
 from sparc_bridge.inputs import HarrisFoulkesSettings, SparcSettings, write_scf_input  # noqa: E402
 from sparc_bridge.run import parse_run, run_sparc  # noqa: E402

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ase_mlrho.data import load_snapshot  # noqa: E402
+from sparc_bridge.snapshots import load_snapshot  # noqa: E402
 from sige_alloys import fixture_entries  # noqa: E402  (the same fixture layout)
 from sparc_bridge.density_file import read_density  # noqa: E402
 from sparc_bridge.inputs import DEFAULT_LABEL, DENSITY_INPUT_NAME  # noqa: E402

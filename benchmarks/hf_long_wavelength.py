@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ase_mlrho.data import load_snapshot  # noqa: E402
+from sparc_bridge.snapshots import load_snapshot  # noqa: E402
 from ase_mlrho.evaluation import eps_rho_percent  # noqa: E402
 from ase_mlrho.inference import predict_field  # noqa: E402
 from ase_mlrho.models import load_model  # noqa: E402

@@ -54,7 +54,7 @@ def toy_model(path: Path) -> Path:
     """A model with the default architecture, trained for two epochs on the 4-atom fixture."""
     if path.is_file():
         return path
-    from ase_mlrho.data import load_snapshot
+    from sparc_bridge.snapshots import load_snapshot
     from ase_mlrho.descriptors import DescriptorSpec
     from ase_mlrho.models import save_model
     from ase_mlrho.training import TrainingConfig, train_model

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ase_mlrho.data import load_snapshot  # noqa: E402
+from sparc_bridge.snapshots import load_snapshot  # noqa: E402
 from ase_mlrho.evaluation import eps_rho_percent, evaluate_snapshots  # noqa: E402
 from ase_mlrho.models import load_model  # noqa: E402
 from sparc_bridge.inputs import SparcSettings, write_scf_input  # noqa: E402

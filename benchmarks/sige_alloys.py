@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fixture", help="with --hf and a screening model: save the correction's inputs (npz)")
     args = ap.parse_args(argv)
 
-    from ase_mlrho.data import load_snapshot
+    from sparc_bridge.snapshots import load_snapshot
     from ase_mlrho.evaluation import evaluate_snapshots
     from ase_mlrho.models import load_model
 

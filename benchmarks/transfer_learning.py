@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small networks, few points: a smoke run")
     args = ap.parse_args(argv)
 
-    from ase_mlrho.data import load_snapshot
+    from sparc_bridge.snapshots import load_snapshot
     from ase_mlrho.descriptors import DescriptorSpec
     from ase_mlrho.model import NetworkConfig
     from ase_mlrho.training import TrainingConfig, train_model
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
 
 
 def atomic_json(path: Path, data) -> None:
-    from sparc_bridge.density_file import atomic_write
+    from ase_mlrho.files import atomic_write
 
     atomic_write(path, lambda f: json.dump(data, f, indent=1, default=float))
 

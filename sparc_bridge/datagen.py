@@ -42,7 +42,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .density_file import atomic_write
+from ase_mlrho.files import atomic_write
 from .inputs import DEFAULT_LABEL, SparcSettings, write_scf_input
 from .run import SparcRunError, describe_command, resolve_command, run_sparc
 
@@ -458,7 +458,7 @@ def training_directories(out_dir, include_unconverged: bool = False) -> list[Pat
 
 def load_training_snapshots(out_dir, include_unconverged: bool = False) -> list:
     """:func:`training_directories` loaded as :class:`ase_mlrho.data.Snapshot` objects."""
-    from ase_mlrho.data import load_snapshot
+    from .snapshots import load_snapshot
 
     return [load_snapshot(d) for d in training_directories(out_dir, include_unconverged)]
 

@@ -16,15 +16,14 @@ Files may be gzip-compressed (``.gz``). Writes are atomic (temporary file, then 
 from __future__ import annotations
 
 import gzip
-import io
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DensityFile", "DensityFileError", "read_density", "write_density", "atomic_write"]
+from ase_mlrho.files import atomic_write
+
+__all__ = ["DensityFile", "DensityFileError", "read_density", "write_density", "DENS_SINK"]
 
 
 class DensityFileError(ValueError):
@@ -148,45 +147,6 @@ def read_density(path) -> DensityFile:
     )
 
 
-def atomic_write(path, write_fn, binary: bool = False) -> Path:
-    """Write ``path`` atomically: ``write_fn(fileobj)`` fills a temporary file in the same
-    directory, which is renamed over ``path`` only when it is complete. ``.gz`` paths are gzipped.
-    """
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise FileNotFoundError(f"cannot write {path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            if path.suffix == ".gz":
-                with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
-                    _call_writer(gz, write_fn, binary)
-            else:
-                _call_writer(raw, write_fn, binary)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
-def _call_writer(fileobj, write_fn, binary):
-    if binary:
-        write_fn(fileobj)
-    else:
-        text = io.TextIOWrapper(fileobj, encoding="ascii", newline="\n", write_through=True)
-        write_fn(text)
-        text.flush()
-        text.detach()
-
-
 def write_density(
     path,
     density_e_per_bohr3: np.ndarray,
@@ -238,3 +198,24 @@ def write_density(
                 np.savetxt(f, part[6 * n_full:].reshape(1, -1), fmt="%.10E", delimiter=" ")
 
     return atomic_write(path, _write)
+
+
+# ----------------------------------------------------------------------------- an output of ase_mlrho.inference
+def _write_predicted_density(path, out) -> Path:
+    """A predicted field as SPARC's ``.dens`` (what SPARC reads as its initial density)."""
+    from ase.data import chemical_symbols
+
+    valence = [out.model.valence_electrons[chemical_symbols[int(z)]] for z in out.structure.numbers]
+    return write_density(path, out.arrays["density"], out.grid.cell_bohr, out.structure.numbers,
+                         out.structure.positions_bohr, valence,
+                         comment=f"Electron density predicted by ase-mlrho model {out.model.name}", pbc=out.grid.pbc)
+
+
+def _dens_sink():
+    from ase_mlrho.inference import FileSink
+
+    return FileSink("dens", (".dens", ".dens.gz"), ("density",), _write_predicted_density)
+
+
+DENS_SINK = _dens_sink()
+"""SPARC's ``.dens`` as an output of :func:`ase_mlrho.inference.run_prediction` (``sinks=(*CORE_SINKS, DENS_SINK)``)."""

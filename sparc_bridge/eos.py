@@ -228,7 +228,7 @@ def plot_eos(results: Mapping[str, EOSResult] | EOSResult, path) -> Path:
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    from .density_file import atomic_write
+    from ase_mlrho.files import atomic_write
 
     atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png"), binary=True)
     plt.close(fig)

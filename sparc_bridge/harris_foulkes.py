@@ -26,7 +26,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.units import Bohr, Hartree
 
-from ase_mlrho.data import valence_electrons
+from .snapshots import valence_electrons
 from ase_mlrho.grid import Grid
 
 from .density_file import read_density, write_density
@@ -363,7 +363,7 @@ def calibrate_screening(model, run_dirs, directory, hf: HarrisFoulkesSettings = 
     never test cells): for each run, predict the density with ``model``, take one Harris-Foulkes
     diagonalisation that also prints rho_out (in ``directory/<run name>``), and fit eps(q) to
     rho_out - rho_in = -eps (rho_in - rho_SCF) (:func:`sparc_bridge.screening.fit_screening`)."""
-    from ase_mlrho.data import load_snapshot
+    from .snapshots import load_snapshot
     from ase_mlrho.inference import predict_field
 
     from .ml_provider import model_reference_settings, sparc_settings_for_model

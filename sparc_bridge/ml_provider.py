@@ -91,7 +91,7 @@ def check_model_for_structure(model, atoms, psp_dir: str | None = None) -> None:
     and :class:`ModelPseudopotentialMismatchError` when the model's valence electron count of an
     element differs from the pseudopotential SPARC will use.
     """
-    from ase_mlrho.data import valence_electrons
+    from .snapshots import valence_electrons
 
     model = _as_model(model)
     model.check_species(atoms.numbers)

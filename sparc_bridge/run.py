@@ -34,7 +34,7 @@ from ase.units import Hartree
 
 from ase_mlrho.quiet import quiet_third_party
 
-from .density_file import atomic_write
+from ase_mlrho.files import atomic_write
 from .inputs import DEFAULT_LABEL
 
 __all__ = [

@@ -252,7 +252,7 @@ def test_cli_kpoint_grid_reaches_sparc_input_names_and_recipe(tmp_path, fake_spa
 # ----------------------------------------------------------------------------- real SPARC
 @pytest.mark.sparc
 def test_datagen_al4_end_to_end(sparc_command, tmp_path, capsys):
-    from ase_mlrho.data import load_snapshot
+    from sparc_bridge.snapshots import load_snapshot
 
     out = tmp_path / "al4"
     rc = main(["datagen", "--element", "Al", "--supercell", "1", "-T", "600", "--seeds", "1", "--steps", "20",

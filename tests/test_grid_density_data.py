@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from ase_mlrho.data import SnapshotError, load_snapshot, valence_electrons
+from sparc_bridge.snapshots import SnapshotError, load_snapshot, valence_electrons
 from ase_mlrho.grid import Grid, InvalidStructureError, grid_intervals
 from sparc_bridge.density_file import DensityFileError, read_density, write_density
 from tests.conftest import ROOT, shared_runs

@@ -23,7 +23,8 @@ from ase.units import Bohr
 
 from ase_mlrho.cli import main
 from ase_mlrho.grid import Grid
-from ase_mlrho.inference import (ARRAY_NAMES, ChunkPlan, ExecutorSettings, InferenceSettings, OutputError,
+from sparc_bridge.density_file import DENS_SINK
+from ase_mlrho.inference import (CORE_SINKS, ARRAY_NAMES, ChunkPlan, ExecutorSettings, InferenceSettings, OutputError,
                                  open_prediction, run_prediction, verify_prediction)
 from ase_mlrho.models import load_model
 
@@ -33,7 +34,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 @functools.lru_cache(maxsize=None)
 def train_toy_model(directory: str) -> str:
     """Train (once per test session) a small model on the al4 fixture, save it, return its path."""
-    from ase_mlrho.data import load_snapshot
+    from sparc_bridge.snapshots import load_snapshot
     from ase_mlrho.descriptors import DescriptorSpec
     from ase_mlrho.model import NetworkConfig
     from ase_mlrho.models import save_model
@@ -242,7 +243,7 @@ def test_cube_dens_and_npz_outputs_hold_the_field_in_e_per_bohr3(toy_model, tmp_
     atoms = al_cell((1, 1, 1))
     field = run_prediction(toy_model, atoms).field
     run_prediction(toy_model, atoms, tmp_path / "rho.cube")
-    run_prediction(toy_model, atoms, tmp_path / "rho.dens")
+    run_prediction(toy_model, atoms, tmp_path / "rho.dens", sinks=(*CORE_SINKS, DENS_SINK))
     run_prediction(toy_model, atoms, tmp_path / "rho.npz")
     cube, cube_atoms = read_cube_data(str(tmp_path / "rho.cube"))
     assert cube.shape == field.density.shape and len(cube_atoms) == 4

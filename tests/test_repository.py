@@ -33,3 +33,30 @@ def test_no_committed_file_names_a_folder_of_this_machine():
         data = path.read_bytes()
         found += [f"{path.relative_to(ROOT)}: {n.decode()}" for n in needles if n in data]
     assert not found, "absolute paths of this machine in committed files:\n" + "\n".join(found)
+
+
+def test_the_ml_core_never_imports_the_sparc_bridge():
+    """Dependencies point one way: ``ase_mlrho`` (the ML core) knows nothing of SPARC; only the command layer
+    (``ase_mlrho/commands``) may use both packages. Checked on the source (every import statement, at any
+    depth) and at run time (importing every core module loads no ``sparc_bridge`` module)."""
+    import ast
+    import importlib
+    import subprocess
+    import sys
+
+    core = [p for p in (ROOT / "ase_mlrho").rglob("*.py") if "commands" not in p.relative_to(ROOT).parts]
+    offenders = []
+    for path in core:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            offenders += [f"{path.relative_to(ROOT)}:{node.lineno} imports {n}" for n in names
+                          if n.split(".")[0] == "sparc_bridge"]
+    assert not offenders, "\n".join(offenders)
+    modules = sorted("ase_mlrho." + ".".join(p.relative_to(ROOT / "ase_mlrho").with_suffix("").parts)
+                     for p in core if p.name != "__init__.py")
+    code = ("import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
+            + "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sparc_bridge'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+    assert importlib.util.find_spec("sparc_bridge") is not None  # the bridge exists; the core just does not need it

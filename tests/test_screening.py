@@ -225,7 +225,7 @@ def test_second_order_through_sparc_matches_fixture(sparc_command, tmp_path):
     diagonalisation printing rho_out, correction; the same figures as the committed fixture, and both the
     plain (-2.35e-5 Ha/atom when shipped) and the corrected energy within 1e-4 Ha/atom of the cell's SCF energy.
     The one SiGe SPARC run of the test suite: about 150 s on 2 MPI ranks, 5-11 min on one process."""
-    from ase_mlrho.data import load_snapshot
+    from sparc_bridge.snapshots import load_snapshot
     from ase_mlrho.inference import predict_field
     from ase_mlrho.models import load_model
     from sparc_bridge.harris_foulkes import harris_foulkes_energy

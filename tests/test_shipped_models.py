@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from ase_mlrho.data import load_snapshot
+from sparc_bridge.snapshots import load_snapshot
 from ase_mlrho.descriptors import UnknownSpeciesError
 from ase_mlrho.evaluation import evaluate_snapshots
 from ase_mlrho.models import load_model, shipped_models

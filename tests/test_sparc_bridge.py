@@ -18,7 +18,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.units import Bohr, Hartree
 
-from ase_mlrho.data import load_snapshot
+from sparc_bridge.snapshots import load_snapshot
 from ase_mlrho.grid import Grid
 from sparc_bridge.eos import EOSFitError, compare_eos, eos_from_runs, eos_scan, fit_eos, plot_eos
 from sparc_bridge.harris_foulkes import (

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ase_mlrho.cli import main
-from ase_mlrho.data import load_snapshot
+from sparc_bridge.snapshots import load_snapshot
 from ase_mlrho.inference import predict_field
 from ase_mlrho.models import load_model
 

@@ -109,7 +109,7 @@ def sparc_command() -> str:
 
 def load_input(path: str, index: str = "-1") -> LoadedInput:
     """A SPARC run directory (with its reference SCF energy) or a structure file."""
-    from ase_mlrho.data import SnapshotError, load_snapshot
+    from sparc_bridge.snapshots import SnapshotError, load_snapshot
 
     p = Path(path)
     if not p.exists():
@@ -209,7 +209,7 @@ def make_workdir(workdir: str | None, command: str) -> Path:
 
 def write_report(workdir: Path, report: dict) -> Path:
     """The command's report, atomically: its presence marks a finished command."""
-    from sparc_bridge.density_file import atomic_write
+    from ase_mlrho.files import atomic_write
 
     return atomic_write(workdir / REPORT_NAME, lambda f: json.dump(report, f, indent=1, default=_jsonable))
 

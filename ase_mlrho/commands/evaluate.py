@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..data import SnapshotError, load_snapshot
+    from sparc_bridge.snapshots import SnapshotError, load_snapshot
     from ..evaluation import evaluate_snapshots
     from ..models import ModelFileError, load_model
 

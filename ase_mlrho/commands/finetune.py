@@ -50,7 +50,7 @@ def _usable(dirs, include_unconverged: bool) -> tuple[list[str], list[str]]:
 def run(args) -> int:
     from dataclasses import replace
 
-    from ..data import SnapshotError, load_snapshot
+    from sparc_bridge.snapshots import SnapshotError, load_snapshot
     from sparc_bridge.reference import METADATA_KEY as REFERENCE_KEY, common_reference_settings
     from ..descriptors import UnknownSpeciesError
     from ..models import ModelFileError, load_model, resolve_model_path, save_model

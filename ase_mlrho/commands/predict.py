@@ -78,8 +78,12 @@ def run(args) -> int:
 
     t_start = getattr(args, "t_start", None) or time.perf_counter()
     from ..grid import InvalidStructureError
-    from ..inference import (DEFAULT_CHUNK_POINTS, OOD_WARNING_FRACTION, ExecutorSettings, InferenceSettings,
-                             OutputError, check_output, run_prediction, validate_structure)
+    from sparc_bridge.density_file import DENS_SINK
+
+    from ..inference import (CORE_SINKS, DEFAULT_CHUNK_POINTS, OOD_WARNING_FRACTION, ExecutorSettings,
+                             InferenceSettings, OutputError, check_output, run_prediction, validate_structure)
+
+    sinks = (*CORE_SINKS, DENS_SINK)  # the command layer may use both packages: SPARC's .dens is an output too
 
     executor = "dask" if args.dask_address else args.executor
     try:  # cheap checks first: a missing file or a refused output costs no torch import
@@ -88,7 +92,7 @@ def run(args) -> int:
                                      neighbour_tables=args.neighbour_tables)
         ex = ExecutorSettings(executor, args.workers, args.dask_address)
         if args.output:
-            check_output(args.output, overwrite=args.overwrite)
+            check_output(args.output, args.overwrite, sinks)
         atoms = read_structure(args.structure, args.index)
     except (ValueError, OutputError, InvalidStructureError, OSError) as exc:
         return _fail(exc)
@@ -102,7 +106,7 @@ def run(args) -> int:
 
     try:
         result = run_prediction(model, atoms, args.output, settings, ex, progress=not args.quiet,
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite, sinks=sinks)
     except (ValueError, OSError) as exc:  # OutputError, InvalidStructureError, a field that cannot be renormalised
         return _fail(exc)
     s = result.summary

@@ -35,7 +35,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from ase_mlrho.data import SnapshotError
+    from sparc_bridge.snapshots import SnapshotError
     from ase_mlrho.models import ModelFileError, load_model, save_model
     from sparc_bridge.harris_foulkes import GridMismatchError, calibrate_screening
     from sparc_bridge.inputs import HarrisFoulkesSettings

@@ -56,7 +56,7 @@ def _configs(args):
 
 
 def run(args) -> int:
-    from ..data import SnapshotError, load_snapshot
+    from sparc_bridge.snapshots import SnapshotError, load_snapshot
     from ..descriptors import DescriptorSpec
     from ..models import save_model
     from ..training import split_by_snapshot, train_model
