@@ -28,7 +28,7 @@ from . import __version__
 from .descriptors import DescriptorSpec, UnknownSpeciesError
 from .model import DensityEnsemble, DensityNetwork, NetworkConfig, Prediction
 
-__all__ = ["MLRhoModel", "ModelFileError", "load_model", "save_model", "shipped_models", "FORMAT_VERSION"]
+__all__ = ["MLRhoModel", "ModelFileError", "load_model", "save_model", "shipped_models", "metadata_entry", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 2
 #: versions this code reads (1: single networks only)
@@ -102,6 +102,18 @@ class MLRhoModel:
         n = self.n_samples if n_samples is None else int(n_samples)
         return self.network.predict(desc, n, seed, weight_sets)
 
+
+
+def metadata_entry(metadata: dict, key: str, parse):
+    """``parse(metadata[key])`` of a model file's metadata, None when the file has no such entry (older
+    files), ValueError naming the key for an entry that does not parse."""
+    d = (metadata or {}).get(key)
+    if d is None:
+        return None
+    try:
+        return parse(d)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"the model file's '{key}' entry is malformed ({exc!r}): {d!r}") from None
 
 def _tensors(network: DensityNetwork | DensityEnsemble) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().clone() for k, v in network.state_dict().items()}

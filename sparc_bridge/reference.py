@@ -124,13 +124,9 @@ class ReferenceSettings:
     @classmethod
     def from_metadata(cls, metadata: dict) -> "ReferenceSettings | None":
         """The record in a model file's metadata, or None (older files); ValueError for a malformed entry."""
-        d = (metadata or {}).get(METADATA_KEY)
-        if d is None:
-            return None
-        try:
-            return cls.from_dict(d)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"the model file's '{METADATA_KEY}' entry is malformed ({exc!r}): {d!r}") from None
+        from ase_mlrho.models import metadata_entry
+
+        return metadata_entry(metadata, METADATA_KEY, cls.from_dict)
 
 
 # ----------------------------------------------------------------------------- reading runs

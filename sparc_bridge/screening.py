@@ -126,13 +126,9 @@ class ScreeningModel:
     @classmethod
     def from_metadata(cls, metadata: dict) -> "ScreeningModel | None":
         """The screening model stored in a model file's metadata, or None; ValueError for a malformed entry."""
-        d = (metadata or {}).get(METADATA_KEY)
-        if d is None:
-            return None
-        try:
-            return cls.from_dict(d)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"the model file's '{METADATA_KEY}' entry is malformed ({exc!r}): {d!r}") from None
+        from ase_mlrho.models import metadata_entry
+
+        return metadata_entry(metadata, METADATA_KEY, cls.from_dict)
 
 
 @dataclass(frozen=True, eq=False)
