@@ -119,6 +119,11 @@ def _tensors(network: DensityNetwork | DensityEnsemble) -> dict[str, torch.Tenso
     return {k: v.detach().contiguous().clone() for k, v in network.state_dict().items()}
 
 
+def network_sha256(network) -> str:
+    """sha256 of a network's (or ensemble's) tensors as a model file stores them: identifies the weights."""
+    return weights_sha256(_tensors(network))
+
+
 def weights_sha256(tensors: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for key in sorted(tensors):

@@ -95,6 +95,8 @@ def peak_rss_mib() -> tuple[float, float]:
 def run_one(n: int, model_path: str, executor: str, workers: int, chunk_points: int, zarr_path: str | None,
             sample_blocks: int | None, full_points: int, neighbour_tables: str = "auto") -> dict:
     from ase_mlrho import inference as inf
+    from ase_mlrho.blocks import make_job
+    from ase_mlrho.executors import Executor
     from ase_mlrho.grid import Grid
     from ase_mlrho.models import load_model
 
@@ -124,9 +126,9 @@ def run_one(n: int, model_path: str, executor: str, workers: int, chunk_points: 
         # the same blocks a full run would compute, only the first `sample_blocks` * workers of them
         t0 = time.perf_counter()
         structure = inf.validate_structure(model, atoms)
-        job = inf._make_job(model, structure, grid, settings)
+        job = make_job(model, structure, grid, settings)
         k = min(job.plan.n_chunks, sample_blocks * max(1, workers if executor != "serial" else 1))
-        with inf._Executor(ex, job) as pool:
+        with Executor(ex, job) as pool:
             t1 = time.perf_counter()
             list(pool.predict([0], None))  # warm-up: workers start and build their context
             t2, c2 = time.perf_counter(), time.process_time()
