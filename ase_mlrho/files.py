@@ -8,12 +8,15 @@ the target only when complete, so an interrupted run leaves the old file or none
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write"]
+import numpy as np
+
+__all__ = ["atomic_write", "file_sha256", "jsonable"]
 
 
 def atomic_write(path, write_fn, binary: bool = False) -> Path:
@@ -53,3 +56,27 @@ def _call_writer(fileobj, write_fn, binary):
         write_fn(text)
         text.flush()
         text.detach()
+
+
+def file_sha256(path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def jsonable(obj):
+    """``obj`` with numpy scalars and arrays, tuples and paths turned into what ``json`` writes (recursively)."""
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

@@ -30,7 +30,7 @@ from ase.data import atomic_numbers
 
 from .descriptors import TIE_TOLERANCE_BOHR, Descriptors, DescriptorSpec, check_numbers
 from .grid import Grid
-from .neighbors import _plane_spacings, validate_positions, wrapped_fractional
+from .neighbors import plane_spacings, validate_positions, wrapped_fractional
 
 __all__ = ["LocalDescriptors", "LOCAL_MIN_ATOMS"]
 
@@ -55,7 +55,7 @@ class LocalDescriptors:
         self.numbers = check_numbers(spec, numbers, len(pos))
         self._inv_cell = np.linalg.inv(cell)
         self.frac = wrapped_fractional(pos, self._inv_cell, pbc)  # as PeriodicNeighbors wraps them
-        self.spacings_bohr = _plane_spacings(cell)
+        self.spacings_bohr = plane_spacings(cell)
         self.n_bins = np.maximum(1, np.floor(self.spacings_bohr / _BIN_BOHR).astype(int))
         b = np.minimum((self.frac * self.n_bins).astype(int), self.n_bins - 1)
         flat = np.ravel_multi_index(b.T, self.n_bins)

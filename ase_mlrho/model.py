@@ -22,7 +22,7 @@ map back to electrons/Bohr^3 exactly.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -161,7 +161,6 @@ class Prediction:
     mean: np.ndarray
     sigma_aleatoric: np.ndarray
     sigma_epistemic: np.ndarray
-    extra: dict = field(default_factory=dict)
 
     @property
     def sigma_total(self) -> np.ndarray:

@@ -61,7 +61,7 @@ def wrapped_fractional(positions_bohr: np.ndarray, inv_cell: np.ndarray, periodi
     return frac
 
 
-def _plane_spacings(cell: np.ndarray) -> np.ndarray:
+def plane_spacings(cell: np.ndarray) -> np.ndarray:
     """Distance between neighbouring lattice planes for each lattice direction: V / |a_j x a_k|."""
     volume = abs(np.linalg.det(cell))
     cross = np.array([np.cross(cell[1], cell[2]), np.cross(cell[2], cell[0]), np.cross(cell[0], cell[1])])
@@ -88,7 +88,7 @@ class PeriodicNeighbors:
         self.frac_positions = frac
         self.positions_bohr = frac @ cell  # wrapped into the cell along periodic directions
         self.n_atoms = pos.shape[0]
-        self._spacings = _plane_spacings(cell)
+        self._spacings = plane_spacings(cell)
         self._radius = 0.0
         self._tree = None
         self._halo_atom = None

@@ -19,7 +19,6 @@ Gaussian kernel, median-heuristic bandwidth) on jointly standardised features.
 from __future__ import annotations
 
 import copy
-import hashlib
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -29,7 +28,8 @@ import numpy as np
 import torch
 
 from .descriptors import DescriptorSpec
-from .models import MLRhoModel, _tensors, weights_sha256
+from .files import file_sha256
+from .models import MLRhoModel, network_sha256
 from .training import (CALIBRATION_METHOD, TrainingConfig, build_dataset, calibrate, optimise,
                        validation_uncertainty_metadata)
 
@@ -70,14 +70,6 @@ def freeze_layers(network, n_frozen: int) -> list[str]:
             if i < n_frozen:
                 frozen.append(f"layers.{i}.{pname}")
     return frozen
-
-
-def _file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _snapshot_record(snapshot) -> dict:
@@ -143,9 +135,9 @@ def finetune_model(base: MLRhoModel, train_snapshots, val_snapshots, n_frozen: i
     lineage_entry = {
         "operation": "finetune",
         "base_model": base.name,
-        "base_weights_sha256": weights_sha256(_tensors(base.network)),
-        "base_file": str(Path(base_path).resolve()) if base_path else None,
-        "base_file_sha256": _file_sha256(base_path) if base_path else None,
+        "base_weights_sha256": network_sha256(base.network),
+        "base_file": Path(base_path).name if base_path else None,  # a name: model files name no folders
+        "base_file_sha256": file_sha256(base_path) if base_path else None,
         "base_training_snapshots": [s.get("name") for s in base_meta.get("training", {}).get("train_snapshots", [])],
         "frozen_layers": int(n_frozen),
         "n_layers": len(network.layers),

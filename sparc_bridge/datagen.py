@@ -36,13 +36,13 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from ase_mlrho.files import atomic_write
+from ase_mlrho.files import atomic_write, file_sha256, jsonable
 from .inputs import DEFAULT_LABEL, SparcSettings, write_scf_input
 from .run import SparcRunError, describe_command, resolve_command, run_sparc
 
@@ -287,11 +287,11 @@ class DatagenPlan:
             structure = {k: v for k, v in asdict(self.bulk).items()
                          if k not in ("alloy_element", "alloy_fraction", "vacancies") or v}
         else:
-            structure = {"file": str(Path(self.structure_file).resolve()), "sha256": _file_sha256(self.structure_file)}
+            structure = {"file": str(Path(self.structure_file).resolve()), "sha256": file_sha256(self.structure_file)}
         md = asdict(self.md)
         if self.md.calculator != "rattle":
             md.pop("rattle_ang_per_sqrt_k")
-        return {"structure": structure, "md": md, "sparc": _jsonable(asdict(self.sparc_settings(symbols)))}
+        return {"structure": structure, "md": md, "sparc": jsonable(asdict(self.sparc_settings(symbols)))}
 
     def species(self, structure=None) -> list[str]:
         """Every element the snapshots can contain (host and alloying element); ``structure``:
@@ -499,20 +499,6 @@ class DatagenReport:
 
 
 # ----------------------------------------------------------------------------- the run
-def _file_sha256(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.generic,)):
-        return obj.item()
-    return obj
-
-
 def _sparc_version(out_path: Path) -> str | None:
     m = re.search(r"SPARC \(version ([^)]*)\)", out_path.read_text(errors="replace")[:2000])
     return m.group(1).strip() if m else None
@@ -703,7 +689,7 @@ def _compute_snapshot(out_dir, snap, plan, settings, structure, entry, manifest,
         "md_time_fs": snap.time_fs,
         "structure_file": plan.structure_file,
         "positions_sha256": entry["positions_sha256"],
-        "sparc_settings": _jsonable(asdict(settings)),
+        "sparc_settings": jsonable(asdict(settings)),
         "fd_grid": list(result.fd_grid) if result.fd_grid else None,
     }
     atomic_write(work / "meta.json", lambda f: json.dump(meta, f, indent=1))
@@ -730,8 +716,3 @@ def _report(out_dir, planned, entries, ran) -> DatagenReport:
     return DatagenReport(str(out_dir), *(tuple(by[k]) for k in ("done", "unconverged", "failed", "pending")),
                          errors={n: entries[n].get("error") for n in by["failed"]}, ran_now=tuple(ran),
                          dft_wall_s=wall)
-
-
-def with_plan(plan: DatagenPlan, **changes) -> DatagenPlan:
-    """A copy of ``plan`` with ``changes`` (frozen dataclasses are changed by copying)."""
-    return replace(plan, **changes)

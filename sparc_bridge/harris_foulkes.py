@@ -26,8 +26,8 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.units import Bohr, Hartree
 
-from .snapshots import valence_electrons
 from ase_mlrho.grid import Grid
+from ase_mlrho.inference import renormalise
 
 from .density_file import read_density, write_density
 from .inputs import (
@@ -42,6 +42,7 @@ from .inputs import (
 )
 from .run import SparcResult, resolve_command, run_sparc
 from .screening import ScreeningModel, SecondOrderCorrection, second_order_correction
+from .snapshots import valence_electrons
 
 __all__ = [
     "GridMismatchError",
@@ -156,13 +157,9 @@ def prepare_density(density_e_per_bohr3: np.ndarray, grid: Grid, n_electrons: fl
     if not np.all(np.isfinite(rho)):
         raise ValueError("density contains NaN or infinite values")
     before = grid.integrate(rho)
-    clipped = np.clip(rho, 0.0, None)
-    total = grid.integrate(clipped)
-    negative = total - before  # charge of the clipped negative values, as a positive number
-    if not total > 0:
-        raise ValueError(f"density integrates to {total:g} electrons after clipping; cannot renormalise")
-    scale = n_electrons / total
-    return PreparedDensity(clipped * scale, float(n_electrons), before, negative, scale)
+    negative = -grid.integrate(np.minimum(rho, 0.0))  # charge of the clipped negative values, as a positive number
+    density, scale = renormalise(rho, grid.dv_bohr3, n_electrons)  # the one clip-and-scale of the package
+    return PreparedDensity(density, float(n_electrons), before, negative, scale)
 
 
 def check_grid(atoms, grid: Grid, settings: SparcSettings) -> None:

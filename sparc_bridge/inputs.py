@@ -18,7 +18,7 @@ unknown or misspelt name raises :class:`UnknownSparcParameterError` (a ``KeyErro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -289,8 +289,3 @@ def read_input_parameters(directory, label: str = DEFAULT_LABEL) -> dict:
         bundle = SparcBundle(Path(directory), mode="r", label=label)
         params = bundle.read_raw_results()["inpt"]["params"]
     return {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v) for k, v in params.items()}
-
-
-def with_settings(settings: SparcSettings, **changes) -> SparcSettings:
-    """A copy of ``settings`` with ``changes`` (frozen dataclasses are changed by copying)."""
-    return replace(settings, **changes)

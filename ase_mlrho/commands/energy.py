@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 
-from . import _sparc as common
+from . import common
 
 
 def register(subparsers) -> None:

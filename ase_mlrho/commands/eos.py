@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _sparc as common
+from . import common
 
 
 def register(subparsers) -> None:

@@ -10,7 +10,7 @@ the corrected energy beside the plain Harris-Foulkes one. Needs SPARC.
 
 from __future__ import annotations
 
-from . import _sparc as common
+from . import common
 
 
 def register(subparsers) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 
-from . import _sparc as common
+from . import common
 
 
 def register(subparsers) -> None:

@@ -209,22 +209,12 @@ def make_workdir(workdir: str | None, command: str) -> Path:
 
 def write_report(workdir: Path, report: dict) -> Path:
     """The command's report, atomically: its presence marks a finished command."""
-    from ase_mlrho.files import atomic_write
+    from ase_mlrho.files import atomic_write, jsonable
 
-    return atomic_write(workdir / REPORT_NAME, lambda f: json.dump(report, f, indent=1, default=_jsonable))
-
-
-def _jsonable(x):
-    import numpy as np
-
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+    return atomic_write(workdir / REPORT_NAME, lambda f: json.dump(jsonable(report), f, indent=1))
 
 
 def print_json(report: dict) -> None:
-    print(json.dumps(report, default=_jsonable))
+    from ase_mlrho.files import jsonable
+
+    print(json.dumps(jsonable(report)))
