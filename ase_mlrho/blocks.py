@@ -16,7 +16,7 @@ import numpy as np
 
 from .descriptors import Descriptors
 from .grid import Grid
-from .local import LOCAL_MIN_ATOMS, LocalDescriptors
+from .local_descriptors import LOCAL_MIN_ATOMS, LocalDescriptors
 
 __all__ = ["InferenceSettings", "Structure", "ChunkPlan", "Job", "Block", "make_job", "predict_block",
            "build_context", "cached_context", "context_for_token", "DEFAULT_CHUNK_POINTS", "DEFAULT_BATCH_POINTS",
@@ -42,7 +42,7 @@ class InferenceSettings:
     mesh_spacing_bohr : grid spacing (None: the model's, i.e. the spacing of its training data).
     neighbour_tables : ``"structure"`` -- every worker keeps neighbour tables of all atoms (fastest
         for small cells); ``"block"`` -- each block cuts out the atoms near it and builds tables of
-        those only (:mod:`ase_mlrho.local`: worker memory and set-up independent of the cell size);
+        those only (:mod:`ase_mlrho.local_descriptors`: worker memory and set-up independent of the cell size);
         ``"auto"`` -- ``"block"`` for periodic cells of at least ``LOCAL_MIN_ATOMS`` atoms.
         Both give the same descriptors (to rounding, 1e-13 Bohr).
     """
@@ -170,7 +170,7 @@ def model_digest(model) -> str:
     sha = model.metadata.get("weights_sha256")
     if sha:
         return sha
-    from .models import network_sha256
+    from .model_files import network_sha256
 
     return network_sha256(model.network)
 

@@ -57,7 +57,7 @@ class MLRhoCalculator(Calculator):
     Parameters
     ----------
     model : a shipped model's name (``"al-pbe"``), the path of a ``.safetensors`` model file, or
-        an :class:`~ase_mlrho.models.MLRhoModel`.
+        an :class:`~ase_mlrho.model_files.MLRhoModel`.
     n_samples : posterior weight samples for the epistemic sigma (None: the model's default).
     seed : seed of the weight samples; the same seed gives a bit-identical field.
     chunk_points : grid points per block; bounds the memory of one prediction.
@@ -74,7 +74,7 @@ class MLRhoCalculator(Calculator):
 
     def __init__(self, model="al-pbe", n_samples=None, seed=0, chunk_points=InferenceSettings.chunk_points,
                  mesh_spacing_bohr=None, executor="serial", workers=1, **kwargs):
-        from .models import MLRhoModel, load_model
+        from .model_files import MLRhoModel, load_model
 
         self.model = model if isinstance(model, MLRhoModel) else load_model(model)
         Calculator.__init__(self, n_samples=n_samples, seed=seed, chunk_points=chunk_points,

@@ -32,7 +32,7 @@ import torch
 
 from .descriptors import Descriptors, DescriptorSpec
 from .model import DensityEnsemble, DensityNetwork, NetworkConfig
-from .models import MLRhoModel
+from .model_files import MLRhoModel
 from .uncertainty import calibrated_scale, coverage, miscalibration_area
 
 __all__ = ["TrainingConfig", "Dataset", "build_dataset", "train_model", "fit_baseline", "split_by_snapshot"]
@@ -315,7 +315,7 @@ def _species_metadata(spec, snapshots) -> dict:
 
 
 def _save_checkpoint(network, path, name, epoch, val_mae) -> None:
-    from .models import save_model
+    from .model_files import save_model
 
     meta = {"name": f"{name}-checkpoint", "checkpoint": {"epoch": epoch, "val_mae": val_mae},
             "valence_electrons": {}, "mesh_spacing_bohr": 0.0}

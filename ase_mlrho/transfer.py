@@ -29,7 +29,7 @@ import torch
 
 from .descriptors import DescriptorSpec
 from .files import file_sha256
-from .models import MLRhoModel, network_sha256
+from .model_files import MLRhoModel, network_sha256
 from .training import (CALIBRATION_METHOD, TrainingConfig, build_dataset, calibrate, optimise,
                        validation_uncertainty_metadata)
 

@@ -103,7 +103,7 @@ def convergence() -> dict:
 def evaluate(models, seed: int = 0) -> dict:
     from sparc_bridge.snapshots import load_snapshot
     from ase_mlrho.evaluation import evaluate_snapshots
-    from ase_mlrho.models import load_model
+    from ase_mlrho.model_files import load_model
 
     snaps = [load_snapshot(d) for d in test_runs()]
     out = {"cells": [rel(d) for d in test_runs()], "models": {}}
@@ -119,42 +119,57 @@ def evaluate(models, seed: int = 0) -> dict:
 
 
 # ----------------------------------------------------------------------------- Harris-Foulkes
-def harris_foulkes(model_name: str, workdir: Path, seed: int = 0) -> dict:
-    """One SPARC diagonalisation per held-out cell; the plain energy and both second-order estimates of it."""
+def harris_foulkes(model_name: str, workdir: Path, seed: int = 0, cells=None) -> dict:
+    """One SPARC diagonalisation per cell (default: the held-out k-point cells); the plain energy and both
+    second-order estimates of it from the same run. A finished run in ``workdir`` made with the same model
+    (the weights' sha256 is recorded beside it) is reused, not repeated."""
     from dataclasses import replace
 
-    from sparc_bridge.snapshots import load_snapshot
-    from ase_mlrho.models import load_model
+    from ase_mlrho.model_files import load_model
     from sparc_bridge.density_file import read_density
     from sparc_bridge.harris_foulkes import harris_foulkes_energy
-    from sparc_bridge.ml_provider import MLDensityProvider, MLProviderSettings, sparc_settings_for_model
+    from sparc_bridge.ml_provider import (MLDensityProvider, MLProviderSettings, model_reference_settings,
+                                          sparc_settings_for_model)
     from sparc_bridge.reference import check_reference_run
-    from sparc_bridge.ml_provider import model_reference_settings
+    from sparc_bridge.run import is_complete, parse_run
     from sparc_bridge.screening import ScreeningModel, second_order_correction
+    from sparc_bridge.snapshots import load_snapshot
 
     model = load_model(model_name)
     screening = ScreeningModel.from_metadata(model.metadata)
+    sha = model.metadata["weights_sha256"]
     rows = []
-    for d in test_runs():
+    for d in (test_runs() if cells is None else [Path(c) for c in cells]):
         check_reference_run(model_reference_settings(model), d, model.name)
         snap = load_snapshot(d)
-        settings = sparc_settings_for_model(model, atoms=snap.atoms)
-        grid, density, _ = MLDensityProvider(model, MLProviderSettings(seed=seed))(snap.atoms)
         work = workdir / d.name
-        r = harris_foulkes_energy(snap.atoms, density, grid, settings, work, screening=screening)
+        stamp = work / "model_weights_sha256"
+        if is_complete(work) and stamp.is_file() and stamp.read_text() == sha:
+            energy_per_atom, sparc_s = parse_run(work).free_energy_per_atom_ha, None
+            grid = snap.grid
+        else:
+            settings = sparc_settings_for_model(model, atoms=snap.atoms)
+            grid, density, _ = MLDensityProvider(model, MLProviderSettings(seed=seed))(snap.atoms)
+            r = harris_foulkes_energy(snap.atoms, density, grid, settings, work, screening=screening)
+            stamp.write_text(sha)
+            energy_per_atom, sparc_s = r.energy_per_atom_ha, r.sparc_wall_s
         rho_in = read_density(work / "input_density.cube").density_e_per_bohr3
         rho_out = read_density(work / "SPARC.dens").density_e_per_bohr3
         e_scf = snap.free_energy_ha / snap.natoms
-        row = {"cell": rel(d), "natoms": snap.natoms, "kpts": list(settings.kpts), "e_scf_ha_per_atom": e_scf,
-               "error_hf_ha_per_atom": r.energy_per_atom_ha - e_scf, "sparc_seconds": r.sparc_wall_s}
+        row = {"cell": rel(d), "natoms": snap.natoms, "e_scf_ha_per_atom": e_scf,
+               "error_hf_ha_per_atom": energy_per_atom - e_scf, "sparc_seconds": sparc_s,
+               "mean_lda_kernel_ha_bohr3": None}
         for method in ("long-wavelength", "all-wavelength"):
             c = second_order_correction(rho_in, rho_out, grid.cell_bohr, replace(screening, method=method))
+            row["mean_lda_kernel_ha_bohr3"] = c.mean_fxc_ha_bohr3
             row[method] = {"correction_ha_per_atom": c.correction_ha / snap.natoms,
-                           "error_ha_per_atom": row["error_hf_ha_per_atom"] + c.correction_ha / snap.natoms}
+                           "error_ha_per_atom": row["error_hf_ha_per_atom"] + c.correction_ha / snap.natoms,
+                           "hartree_ha_per_atom": None if c.hartree_ha is None else c.hartree_ha / snap.natoms,
+                           "xc_ha_per_atom": None if c.xc_ha is None else c.xc_ha / snap.natoms}
         rows.append(row)
         print(f"{d.name:40s} HF - SCF {row['error_hf_ha_per_atom']:+.3e}; corrected: long-wavelength "
               f"{row['long-wavelength']['error_ha_per_atom']:+.3e}, all-wavelength "
-              f"{row['all-wavelength']['error_ha_per_atom']:+.3e} Ha/atom (SPARC {r.sparc_wall_s:.0f} s)")
+              f"{row['all-wavelength']['error_ha_per_atom']:+.3e} Ha/atom; <f_xc> {row['mean_lda_kernel_ha_bohr3']:.2f}")
     return {"model": model.name, "screening": screening.to_dict(), "rows": rows}
 
 
@@ -236,6 +251,8 @@ def main(argv=None) -> int:
     p.add_argument("-m", "--model", action="append", help="model name or file (evaluate: repeatable)")
     p.add_argument("--workdir", default="mlrho-runs/al_kpoints", help="SPARC run directories (hf, eos)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weight samples")
+    p.add_argument("--cells", nargs="+", help="hf: SPARC run directories (default: the held-out k-point cells)")
+    p.add_argument("--name", help="results file name (default: WHAT_MODEL)")
     args = p.parse_args(argv)
     models = args.model or ["al-pbe"]
     if args.what == "convergence":
@@ -245,11 +262,11 @@ def main(argv=None) -> int:
     elif args.what == "bulk-modulus":
         payload = bulk_modulus_convergence(args.kpts, Path(args.workdir) / "bulk_modulus")
     elif args.what == "hf":
-        payload = harris_foulkes(models[0], Path(args.workdir) / "hf", args.seed)
+        payload = harris_foulkes(models[0], Path(args.workdir) / "hf", args.seed, args.cells)
     else:
         payload = eos(models[0], Path(args.workdir) / "eos")
     suffix = "" if args.what in ("convergence", "bulk-modulus") else "_" + Path(models[0]).stem
-    print(f"wrote {rel(write_result(args.what + suffix, payload))}")
+    print(f"wrote {rel(write_result(args.name or args.what + suffix, payload))}")
     return 0
 
 

@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from sparc_bridge.snapshots import load_snapshot  # noqa: E402
-from sparc_bridge.harris_foulkes import harris_foulkes_energy  # noqa: E402
-from sparc_bridge.inputs import HarrisFoulkesSettings, SparcSettings, write_scf_input  # noqa: E402
-from sparc_bridge.run import parse_run, run_sparc  # noqa: E402
+from sparc_bridge.snapshots import load_snapshot
+from sparc_bridge.harris_foulkes import harris_foulkes_energy
+from sparc_bridge.inputs import HarrisFoulkesSettings, SparcSettings, write_scf_input
+from sparc_bridge.run import parse_run, run_sparc
 
 DEFAULT_RUNS = ("al_n=2_T=0_a=4.05", "al_n=2_T=1575_seed=3")
 DEFAULT_CONFIGS = "16x30,20x30,24x30,8x60,10x50,12x40"

@@ -14,20 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sparc_bridge.density_file import read_density
+from sparc_bridge.inputs import DEFAULT_LABEL, DENSITY_INPUT_NAME
+from sparc_bridge.screening import long_wavelength_residual
+from sparc_bridge.snapshots import load_snapshot
 
-from sparc_bridge.snapshots import load_snapshot  # noqa: E402
-from sige_alloys import fixture_entries  # noqa: E402  (the same fixture layout)
-from sparc_bridge.density_file import read_density  # noqa: E402
-from sparc_bridge.inputs import DEFAULT_LABEL, DENSITY_INPUT_NAME  # noqa: E402
-from sparc_bridge.screening import long_wavelength_residual  # noqa: E402
+
+def fixture_entries(name: str, residual, natoms: int, e_hf: float, e_scf: float) -> dict:
+    """The CI fixture arrays of one cell (``tests/test_screening.py``): the long-wavelength residual of
+    its Harris-Foulkes run (:class:`sparc_bridge.screening.LongWavelengthResidual`) and the energies per atom."""
+    return {f"{name}/q_per_bohr": residual.q_per_bohr, f"{name}/residual_g": residual.residual_g,
+            f"{name}/scalars": np.array([residual.volume_bohr3, residual.mean_fxc_ha_bohr3, natoms, e_hf, e_scf])}
 
 
 def workdir_entries(workdir: Path) -> dict:

@@ -16,22 +16,20 @@ Prints per cut-off: components replaced, eps (%), HF - SCF (Ha/atom). Needs SPAR
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from sparc_bridge.snapshots import load_snapshot  # noqa: E402
-from ase_mlrho.evaluation import eps_rho_percent  # noqa: E402
-from ase_mlrho.inference import predict_field  # noqa: E402
-from ase_mlrho.models import load_model  # noqa: E402
-from sparc_bridge.harris_foulkes import harris_foulkes_energy  # noqa: E402
-from sparc_bridge.inputs import SparcSettings  # noqa: E402
-from sparc_bridge.run import parse_run  # noqa: E402
+from sparc_bridge.snapshots import load_snapshot
+from ase_mlrho.evaluation import eps_rho_percent
+from ase_mlrho.inference import predict_field
+from ase_mlrho.model_files import load_model
+from sparc_bridge.harris_foulkes import harris_foulkes_energy
+from sparc_bridge.inputs import SparcSettings
+from sparc_bridge.run import parse_run
 
 
 def replace_low_g(pred: np.ndarray, ref: np.ndarray, kmax: float, keep_bragg111: bool = False) -> tuple[np.ndarray, int]:

@@ -56,7 +56,7 @@ def toy_model(path: Path) -> Path:
         return path
     from sparc_bridge.snapshots import load_snapshot
     from ase_mlrho.descriptors import DescriptorSpec
-    from ase_mlrho.models import save_model
+    from ase_mlrho.model_files import save_model
     from ase_mlrho.training import TrainingConfig, train_model
 
     snap = load_snapshot(ROOT / "tests" / "fixtures" / "al4")
@@ -69,7 +69,7 @@ def toy_model(path: Path) -> Path:
 
 
 def resolve_model(arg: str | None) -> str:
-    from ase_mlrho.models import shipped_models
+    from ase_mlrho.model_files import shipped_models
 
     if arg:
         return arg
@@ -98,7 +98,7 @@ def run_one(n: int, model_path: str, executor: str, workers: int, chunk_points: 
     from ase_mlrho.blocks import make_job
     from ase_mlrho.executors import Executor
     from ase_mlrho.grid import Grid
-    from ase_mlrho.models import load_model
+    from ase_mlrho.model_files import load_model
 
     model = load_model(model_path)
     atoms = al_supercell(n)

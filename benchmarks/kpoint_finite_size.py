@@ -22,17 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from sparc_bridge.snapshots import load_snapshot  # noqa: E402
-from ase_mlrho.evaluation import eps_rho_percent, evaluate_snapshots  # noqa: E402
-from ase_mlrho.models import load_model  # noqa: E402
-from sparc_bridge.inputs import SparcSettings, write_scf_input  # noqa: E402
-from sparc_bridge.run import is_complete, parse_run, run_sparc  # noqa: E402
+from sparc_bridge.snapshots import load_snapshot
+from ase_mlrho.evaluation import eps_rho_percent, evaluate_snapshots
+from ase_mlrho.model_files import load_model
+from sparc_bridge.inputs import SparcSettings, write_scf_input
+from sparc_bridge.run import is_complete, parse_run, run_sparc
 
 
 def kpoint_run(snap, workdir: Path, kpts, shift: float, command=None, timeout_s=None) -> Path:

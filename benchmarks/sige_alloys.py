@@ -15,9 +15,8 @@ With ``--hf`` (needs SPARC) it also takes the Harris-Foulkes energy of each pred
 (one SPARC diagonalisation, :func:`sparc_bridge.harris_foulkes.harris_foulkes_energy`) and
 reports HF - SCF in Ha/atom against the cell's own SCF energy; when the model file carries a
 screening model (``mlrho screening``), also the second-order corrected energy of the same run
-(:mod:`sparc_bridge.screening`). ``--fixture F.npz`` saves, per cell, the long-wavelength Fourier
-components of rho_out - rho_in that the correction uses, with the energies, for the CI test
-``tests/test_screening.py``.
+(:mod:`sparc_bridge.screening`). The CI fixtures of those energies come from ``mlrho energy`` work
+directories through their own script, ``benchmarks/hf_fixture.py``.
 
     python benchmarks/sige_alloys.py -m sige-pbe \\
         --group "x=0.5" ../shared/data/sparc/sige_T=1200_seed=6 data/sige/x05 \\
@@ -38,8 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from transfer_learning import expand  # noqa: E402  (same directory handling as the transfer study)
+from sparc_bridge.snapshots import find_run_directories
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -56,17 +54,16 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=None)
     ap.add_argument("--hf", action="store_true", help="also Harris-Foulkes energies through SPARC")
     ap.add_argument("--json", help="write all figures to this JSON file")
-    ap.add_argument("--fixture", help="with --hf and a screening model: save the correction's inputs (npz)")
     args = ap.parse_args(argv)
 
     from sparc_bridge.snapshots import load_snapshot
     from ase_mlrho.evaluation import evaluate_snapshots
-    from ase_mlrho.models import load_model
+    from ase_mlrho.model_files import load_model
 
     model = load_model(args.model)
-    rows, pooled_err, pooled_epi, fixture = [], [], [], {}
+    rows, pooled_err, pooled_epi = [], [], []
     for name, *dirs in args.group:
-        for d in expand(dirs):
+        for d in find_run_directories(dirs):
             snap = load_snapshot(d)
             (m,), _, (pred,) = evaluate_snapshots(model, [snap], n_samples=args.samples)
             err = np.abs(pred.density - snap.density_e_per_bohr3).ravel()
@@ -79,7 +76,7 @@ def main(argv=None) -> int:
                    "spearman_abs_error_vs_sigma_epi": spearman(err, epi),
                    "error_ratio_top_vs_bottom_decile_sigma_epi": float(err[epi >= hi].mean() / err[epi <= lo].mean())}
             if args.hf:
-                row.update(harris_foulkes(model, snap, pred, fixture))
+                row.update(harris_foulkes(model, snap, pred))
             rows.append(row)
             pooled_err.append(err)
             pooled_epi.append(epi)
@@ -128,18 +125,16 @@ def main(argv=None) -> int:
     for name, g in summary["groups"].items():
         if "hf_corrected_error_ha_per_atom_max_abs" in g:
             print(f"{name}: max abs(HF + second order - SCF) = {g['hf_corrected_error_ha_per_atom_max_abs']:.1e} Ha/atom")
-    if args.fixture and fixture:
-        Path(args.fixture).parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(args.fixture, **fixture)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"summary": summary, "cells": rows}, indent=1))
     return 0
 
 
-def harris_foulkes(model, snap, pred, fixture: dict) -> dict:
+def harris_foulkes(model, snap, pred) -> dict:
     """HF energy of the predicted density vs the cell's own SCF energy (Ha/atom), and the second-order
-    corrected one when the model carries a screening model (its inputs are added to ``fixture``)."""
+    corrected one when the model carries a screening model (the CI fixture of these runs is made from
+    ``mlrho energy`` work directories by ``benchmarks/hf_fixture.py``)."""
     from sparc_bridge.harris_foulkes import harris_foulkes_energy
     from sparc_bridge.inputs import SparcSettings
     from sparc_bridge.screening import ScreeningModel
@@ -150,21 +145,12 @@ def harris_foulkes(model, snap, pred, fixture: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="mlrho-hf-") as tmp:
         r = harris_foulkes_energy(snap.atoms, pred.density, snap.grid, settings, directory=tmp, screening=screening)
     e_scf = snap.free_energy_ha / len(snap.atoms)
-    if screening is not None:
-        fixture.update(fixture_entries(snap.name, r.second_order.residual, len(snap.atoms), r.energy_per_atom_ha, e_scf))
     e_corr = r.corrected_energy_per_atom_ha
     return {"hf_energy_ha_per_atom": r.energy_per_atom_ha, "scf_energy_ha_per_atom": e_scf,
             "hf_error_ha_per_atom": r.energy_per_atom_ha - e_scf, "hf_first_scf_error": r.first_scf_error,
             "hf_corrected_energy_ha_per_atom": e_corr,
             "hf_corrected_error_ha_per_atom": None if e_corr is None else e_corr - e_scf,
             "hf_seconds": time.perf_counter() - t0}
-
-
-def fixture_entries(name: str, residual, natoms: int, e_hf: float, e_scf: float) -> dict:
-    """The CI fixture arrays of one cell (``tests/test_screening.py``): the long-wavelength residual of
-    its Harris-Foulkes run (:class:`sparc_bridge.screening.LongWavelengthResidual`) and the energies per atom."""
-    return {f"{name}/q_per_bohr": residual.q_per_bohr, f"{name}/residual_g": residual.residual_g,
-            f"{name}/scalars": np.array([residual.volume_bohr3, residual.mean_fxc_ha_bohr3, natoms, e_hf, e_scf])}
 
 
 def _format_row(r: dict) -> str:

@@ -32,7 +32,6 @@ and a Markdown table on stdout.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import re
 import sys
@@ -42,29 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
+from sparc_bridge.snapshots import find_run_directories
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data" / "sparc"
-
-
-def expand(patterns) -> list[Path]:
-    """SPARC run directories from run dirs, parent dirs, datagen outputs and shell-style globs."""
-    from sparc_bridge.datagen import MANIFEST_NAME, training_directories
-
-    out = []
-    for pattern in patterns:
-        for p in sorted(Path(x) for x in (glob.glob(str(pattern)) or [pattern])):
-            if (p / MANIFEST_NAME).is_file():
-                out += training_directories(p)
-            elif (p / "SPARC.out").is_file():
-                out.append(p)
-            elif p.is_dir():
-                out += sorted(q for q in p.iterdir() if (q / "SPARC.out").is_file())
-    seen, unique = set(), []
-    for p in out:
-        if p.resolve() not in seen:
-            seen.add(p.resolve())
-            unique.append(p)
-    return unique
 
 
 def core_hours(directory: Path, default_cores: int) -> float:
@@ -125,10 +105,10 @@ def main(argv=None) -> int:
     from ase_mlrho.transfer import (FINETUNE_DEFAULTS, compare_descriptor_distributions, descriptor_sample,
                                     finetune_model, plot_descriptor_histograms)
 
-    test_dirs = converged_only(expand(args.test))
+    test_dirs = converged_only(find_run_directories(args.test))
     test_set = {p.resolve() for p in test_dirs}
-    small_dirs = [p for p in converged_only(expand(args.small)) if p.resolve() not in test_set]
-    large_dirs = [p for p in converged_only(expand(args.large)) if p.resolve() not in test_set]
+    small_dirs = [p for p in converged_only(find_run_directories(args.small)) if p.resolve() not in test_set]
+    large_dirs = [p for p in converged_only(find_run_directories(args.large)) if p.resolve() not in test_set]
     if not test_dirs or not small_dirs or not large_dirs:
         print(f"need small ({len(small_dirs)}), large ({len(large_dirs)}) and held-out test ({len(test_dirs)}) "
               "snapshots; the large ones must not be the test cells. Generate more large cells with "

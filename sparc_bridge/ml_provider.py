@@ -59,7 +59,7 @@ class MLProviderSettings:
 
 
 def _as_model(model):
-    from ase_mlrho.models import MLRhoModel, load_model
+    from ase_mlrho.model_files import MLRhoModel, load_model
 
     return model if isinstance(model, MLRhoModel) else load_model(model)
 
@@ -111,7 +111,7 @@ class MLDensityProvider:
 
     Parameters
     ----------
-    model : a shipped model's name, a ``.safetensors`` path, or an :class:`~ase_mlrho.models.MLRhoModel`.
+    model : a shipped model's name, a ``.safetensors`` path, or an :class:`~ase_mlrho.model_files.MLRhoModel`.
     settings : :class:`MLProviderSettings` (samples, seed, block size, workers).
     psp_dir : pseudopotential directory SPARC uses (None: sparc-x-api's search), for the valence check.
 

@@ -124,7 +124,7 @@ class ReferenceSettings:
     @classmethod
     def from_metadata(cls, metadata: dict) -> "ReferenceSettings | None":
         """The record in a model file's metadata, or None (older files); ValueError for a malformed entry."""
-        from ase_mlrho.models import metadata_entry
+        from ase_mlrho.model_files import metadata_entry
 
         return metadata_entry(metadata, METADATA_KEY, cls.from_dict)
 

@@ -126,7 +126,7 @@ class ScreeningModel:
     @classmethod
     def from_metadata(cls, metadata: dict) -> "ScreeningModel | None":
         """The screening model stored in a model file's metadata, or None; ValueError for a malformed entry."""
-        from ase_mlrho.models import metadata_entry
+        from ase_mlrho.model_files import metadata_entry
 
         return metadata_entry(metadata, METADATA_KEY, cls.from_dict)
 

@@ -23,7 +23,7 @@ from ase_mlrho.quiet import quiet_third_party
 
 from .density_file import read_density
 
-__all__ = ["load_snapshot", "valence_electrons", "SnapshotError", "find_density_file"]
+__all__ = ["load_snapshot", "valence_electrons", "SnapshotError", "find_density_file", "find_run_directories"]
 
 
 class SnapshotError(ValueError):
@@ -137,3 +137,26 @@ def valence_electrons(symbol: str, psp_dir: str | None = None) -> float:
         raise SnapshotError(f"no psp8 pseudopotential for {symbol} in {search} ({exc})") from exc
     return float(parse_psp8_header(Path(path).read_text())["zion"])
 
+
+def find_run_directories(patterns) -> list[Path]:
+    """SPARC run directories from run directories, their parents, ``mlrho datagen`` outputs (converged
+    snapshots only, from the manifest) and shell-style globs; each directory once, in the order found."""
+    import glob
+
+    from .datagen import MANIFEST_NAME, training_directories
+
+    out = []
+    for pattern in patterns:
+        for p in sorted(Path(x) for x in (glob.glob(str(pattern)) or [pattern])):
+            if (p / MANIFEST_NAME).is_file():
+                out += training_directories(p)
+            elif (p / "SPARC.out").is_file():
+                out.append(p)
+            elif p.is_dir():
+                out += sorted(q for q in p.iterdir() if (q / "SPARC.out").is_file())
+    seen, unique = set(), []
+    for p in out:
+        if p.resolve() not in seen:
+            seen.add(p.resolve())
+            unique.append(p)
+    return unique

@@ -339,7 +339,7 @@ def test_energy_reports_second_order_when_the_model_has_screening(fake_sparc, to
     """A model file with a screening model: ``mlrho energy`` asks SPARC for rho_out and reports the
     corrected energy (the fake SPARC returns rho_out = rho_in, so the correction is exactly 0);
     ``--no-second-order`` and models without one report null."""
-    from ase_mlrho.models import load_model, save_model
+    from ase_mlrho.model_files import load_model, save_model
     from sparc_bridge.screening import ScreeningModel
 
     model = load_model(toy_model)
@@ -380,7 +380,7 @@ def test_screening_command_refuses_bad_output_name(fake_sparc, toy_model, al4_di
 
 
 def test_malformed_screening_in_a_model_file_is_one_line(fake_sparc, toy_model, al4_dir, tmp_path, capsys):
-    from ase_mlrho.models import load_model, save_model
+    from ase_mlrho.model_files import load_model, save_model
 
     model = load_model(toy_model)
     model.metadata["hf_screening"] = {"eps0": 0.5}

@@ -12,7 +12,7 @@ from ase_mlrho.calculator import MLRhoCalculator
 from ase_mlrho.descriptors import UnknownSpeciesError
 from ase_mlrho.grid import InvalidStructureError
 from ase_mlrho.inference import run_prediction
-from ase_mlrho.models import load_model
+from ase_mlrho.model_files import load_model
 from tests.test_inference import al_cell, train_toy_model
 
 

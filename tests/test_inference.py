@@ -26,7 +26,7 @@ from ase_mlrho.grid import Grid
 from sparc_bridge.density_file import DENS_SINK
 from ase_mlrho.inference import (CORE_SINKS, ARRAY_NAMES, ChunkPlan, ExecutorSettings, InferenceSettings, OutputError,
                                  open_prediction, run_prediction, verify_prediction)
-from ase_mlrho.models import load_model
+from ase_mlrho.model_files import load_model
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -37,7 +37,7 @@ def train_toy_model(directory: str) -> str:
     from sparc_bridge.snapshots import load_snapshot
     from ase_mlrho.descriptors import DescriptorSpec
     from ase_mlrho.model import NetworkConfig
-    from ase_mlrho.models import save_model
+    from ase_mlrho.model_files import save_model
     from ase_mlrho.training import TrainingConfig, train_model
 
     snap = load_snapshot(FIXTURES / "al4")

@@ -8,7 +8,7 @@ import torch
 
 from ase_mlrho.descriptors import DescriptorSpec, UnknownSpeciesError
 from ase_mlrho.model import DensityNetwork, NetworkConfig
-from ase_mlrho.models import MLRhoModel, ModelFileError, load_model, save_model
+from ase_mlrho.model_files import MLRhoModel, ModelFileError, load_model, save_model
 from ase_mlrho.training import TrainingConfig, optimise
 from ase_mlrho.uncertainty import calibrated_scale, calibration_scale, coverage, gaussian_nll, miscalibration_area
 

@@ -14,7 +14,7 @@ from ase.build import bulk
 from ase.dft.kpoints import monkhorst_pack
 
 from ase_mlrho.cli import main
-from ase_mlrho.models import load_model, save_model
+from ase_mlrho.model_files import load_model, save_model
 from sparc_bridge.inputs import SparcSettings, read_input_parameters, write_scf_input
 from sparc_bridge.reference import (METADATA_KEY, ReferenceMismatchError, ReferenceSettings, check_reference_run,
                                     common_reference_settings, reference_settings_of_run)

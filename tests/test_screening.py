@@ -202,7 +202,7 @@ def test_shipped_sige_screening_brings_real_hf_energies_within_the_bar():
     densities and the long-wavelength part of rho_out - rho_in of the same runs. The plain HF error
     at 1800 K is above 1e-4 Ha/atom; corrected with the screening model fitted on training cells,
     every cell is within it."""
-    from ase_mlrho.models import load_model
+    from ase_mlrho.model_files import load_model
 
     screening = ScreeningModel.from_metadata(load_model("sige-pbe").metadata)
     assert screening is not None and screening.eps0 > 5 and 0.1 < screening.k2_per_bohr2 < 5
@@ -227,7 +227,7 @@ def test_second_order_through_sparc_matches_fixture(sparc_command, tmp_path):
     The one SiGe SPARC run of the test suite: about 150 s on 2 MPI ranks, 5-11 min on one process."""
     from sparc_bridge.snapshots import load_snapshot
     from ase_mlrho.inference import predict_field
-    from ase_mlrho.models import load_model
+    from ase_mlrho.model_files import load_model
     from sparc_bridge.harris_foulkes import harris_foulkes_energy
     from sparc_bridge.inputs import SparcSettings
 
@@ -250,7 +250,7 @@ def test_shipped_al_screening_brings_real_hf_energies_within_the_bar():
     """The two held-out Al32 snapshots (630 K, 1575 K; Gamma-point references): al-pbe's plain HF error
     at 1575 K is -3.6e-4 Ha/atom; with the Thomas-Fermi-like screening fitted on three training cells
     (a metal: eps0 effectively infinite) both cells are within 1e-4."""
-    from ase_mlrho.models import load_model
+    from ase_mlrho.model_files import load_model
 
     screening = ScreeningModel.from_metadata(load_model("al-pbe").metadata)
     assert screening is not None and math.isinf(screening.eps0) and 0.5 < screening.k2_per_bohr2 < 3

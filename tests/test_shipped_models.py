@@ -8,7 +8,7 @@ from ase.build import bulk
 from sparc_bridge.snapshots import load_snapshot
 from ase_mlrho.descriptors import UnknownSpeciesError
 from ase_mlrho.evaluation import evaluate_snapshots
-from ase_mlrho.models import load_model, shipped_models
+from ase_mlrho.model_files import load_model, shipped_models
 from tests.conftest import ROOT, SHARED_SPARC
 
 

@@ -9,7 +9,7 @@ import torch
 from ase_mlrho.cli import main
 from sparc_bridge.snapshots import load_snapshot
 from ase_mlrho.inference import predict_field
-from ase_mlrho.models import load_model
+from ase_mlrho.model_files import load_model
 
 
 @pytest.fixture(scope="module")

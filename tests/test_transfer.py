@@ -12,7 +12,7 @@ from sparc_bridge.snapshots import load_snapshot
 from ase_mlrho.descriptors import DescriptorSpec
 from ase_mlrho.inference import predict_field
 from ase_mlrho.model import NetworkConfig
-from ase_mlrho.models import load_model, save_model
+from ase_mlrho.model_files import load_model, save_model
 from ase_mlrho.training import TrainingConfig, train_model
 from ase_mlrho.transfer import (compare_descriptor_distributions, finetune_model, freeze_layers,
                                 jensen_shannon_per_feature, mmd2_rbf, plot_descriptor_histograms)

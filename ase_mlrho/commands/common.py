@@ -142,7 +142,7 @@ def load_input(path: str, index: str = "-1") -> LoadedInput:
 def load_checked_model(model_name: str, atoms, psp_dir: str | None = None):
     """Load the model and refuse a structure it cannot describe (unknown species, other valences)."""
     from ase_mlrho.grid import InvalidStructureError
-    from ase_mlrho.models import ModelFileError, load_model
+    from ase_mlrho.model_files import ModelFileError, load_model
     from sparc_bridge.ml_provider import ModelPseudopotentialMismatchError, check_model_for_structure
 
     try:
@@ -212,6 +212,15 @@ def write_report(workdir: Path, report: dict) -> Path:
     from ase_mlrho.files import atomic_write, jsonable
 
     return atomic_write(workdir / REPORT_NAME, lambda f: json.dump(jsonable(report), f, indent=1))
+
+
+def finish_report(workdir: Path, report: dict, as_json: bool) -> bool:
+    """Write the command's report into its work directory (marking the command finished) and, with
+    ``as_json``, print it as the one JSON document on stdout. Returns ``as_json`` (nothing more to print)."""
+    write_report(workdir, report)
+    if as_json:
+        print_json(report)
+    return as_json
 
 
 def print_json(report: dict) -> None:

@@ -120,9 +120,7 @@ def run(args) -> int:
         "uncertainty": uncertainty,
         "workdir": str(workdir),
     }
-    common.write_report(workdir, report)
-    if args.json:
-        common.print_json(report)
+    if common.finish_report(workdir, report, args.json):
         return 0
     print(f"structure        {inp.source}: {len(atoms)} atoms, model {model.name}, grid "
           f"{' x '.join(map(str, grid.shape))}")

@@ -204,9 +204,7 @@ def run(args) -> int:
         except (OSError, ValueError) as exc:
             return common.run_failed(name, f"cannot write the plot {args.plot}: {exc}")
         report["plot"] = args.plot
-    common.write_report(workdir, report)
-    if args.json:
-        common.print_json(report)
+    if common.finish_report(workdir, report, args.json):
         return 0
     print(f"structure  {inp.source}: {len(atoms)} atoms, model {model.name}, {len(strains)} strains "
           f"{min(strains):+g} .. {max(strains):+g}")

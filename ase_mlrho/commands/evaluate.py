@@ -27,7 +27,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from sparc_bridge.snapshots import SnapshotError, load_snapshot
     from ..evaluation import evaluate_snapshots
-    from ..models import ModelFileError, load_model
+    from ..model_files import ModelFileError, load_model
 
     try:
         model = load_model(args.model)

@@ -53,7 +53,7 @@ def run(args) -> int:
     from sparc_bridge.snapshots import SnapshotError, load_snapshot
     from sparc_bridge.reference import METADATA_KEY as REFERENCE_KEY, common_reference_settings
     from ..descriptors import UnknownSpeciesError
-    from ..models import ModelFileError, load_model, resolve_model_path, save_model
+    from ..model_files import ModelFileError, load_model, resolve_model_path, save_model
     from ..training import split_by_snapshot
     from ..transfer import FINETUNE_DEFAULTS, finetune_model
 

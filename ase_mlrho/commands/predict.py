@@ -96,7 +96,7 @@ def run(args) -> int:
         atoms = read_structure(args.structure, args.index)
     except (ValueError, OutputError, InvalidStructureError, OSError) as exc:
         return _fail(exc)
-    from ..models import ModelFileError, load_model
+    from ..model_files import ModelFileError, load_model
 
     try:
         model = load_model(args.model)

@@ -36,7 +36,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from sparc_bridge.snapshots import SnapshotError
-    from ase_mlrho.models import ModelFileError, load_model, save_model
+    from ase_mlrho.model_files import ModelFileError, load_model, save_model
     from sparc_bridge.harris_foulkes import GridMismatchError, calibrate_screening
     from sparc_bridge.inputs import HarrisFoulkesSettings
     from sparc_bridge.run import SparcRunError
@@ -72,9 +72,7 @@ def run(args) -> int:
         return common.fail(name, f"cannot write {args.output}: {exc}")
     report = {"model": str(path), "screening": cal.screening.to_dict(), "cells": list(cal.cells),
               "workdir": str(workdir)}
-    common.write_report(workdir, report)
-    if args.json:
-        common.print_json(report)
+    if common.finish_report(workdir, report, args.json):
         return 0
     s = cal.screening
     print(f"eps(q) = 1 + 1/(1/(eps0-1) + q^2/k2): eps0 {s.eps0:.3g}, k2 {s.k2_per_bohr2:.4g} / Bohr^2")

@@ -58,7 +58,7 @@ def _configs(args):
 def run(args) -> int:
     from sparc_bridge.snapshots import SnapshotError, load_snapshot
     from ..descriptors import DescriptorSpec
-    from ..models import save_model
+    from ..model_files import save_model
     from ..training import split_by_snapshot, train_model
     from sparc_bridge.reference import METADATA_KEY, common_reference_settings
 

@@ -84,9 +84,7 @@ def run(args) -> int:
         "uncertainty": uncertainty,
         "workdir": str(workdir),
     }
-    common.write_report(workdir, report)
-    if args.json:
-        common.print_json(report)
+    if common.finish_report(workdir, report, args.json):
         return 0
     print(f"structure     {inp.source}: {len(inp.atoms)} atoms, model {model.name}")
     print(f"warm start    {s['warm_iterations']:3d} SCF iterations, {s['warm_wall_s']:.1f} s SPARC "

@@ -1,4 +1,4 @@
-"""Per-block neighbour tables (ase_mlrho.local) against the structure-wide tables.
+"""Per-block neighbour tables (ase_mlrho.local_descriptors) against the structure-wide tables.
 
 The block route must give the same descriptors as the structure-wide route (which
 tests/test_neighbors_descriptors.py checks against brute-force image loops) for any block, cell
@@ -14,7 +14,7 @@ from ase.units import Bohr
 from ase_mlrho.descriptors import Descriptors, DescriptorSpec, UnknownSpeciesError
 from ase_mlrho.grid import Grid
 from ase_mlrho.inference import ChunkPlan, InferenceSettings, run_prediction
-from ase_mlrho.local import LocalDescriptors
+from ase_mlrho.local_descriptors import LocalDescriptors
 
 AL_SPEC = DescriptorSpec(m=32, m_s=4, k=4, species=("Al",), angular_l_max=3, angular_centers_bohr=(0.0, 3.0, 6.0),
                          angular_width_bohr=1.0, angular_cutoff_bohr=9.0)
@@ -75,7 +75,7 @@ def test_a_too_small_first_radius_grows_until_exact():
 
 
 def test_block_tables_give_the_same_predicted_field(tmp_path_factory):
-    from ase_mlrho.models import load_model
+    from ase_mlrho.model_files import load_model
     from tests.test_inference import train_toy_model
 
     model = load_model(train_toy_model(str(tmp_path_factory.getbasetemp())))
