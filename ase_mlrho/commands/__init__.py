@@ -3,4 +3,5 @@ which adds its parser and sets ``func`` (a function of the parsed args returning
 Modules are imported lazily by name so that ``mlrho --help`` stays fast."""
 
 #: subcommand modules, in the order ``mlrho --help`` lists them
-COMMAND_MODULES = ["train", "evaluate", "predict", "energy", "eos", "warmstart", "screening", "finetune", "datagen"]
+COMMAND_MODULES = ["train", "evaluate", "predict", "select", "energy", "eos", "warmstart", "screening", "finetune",
+                   "datagen"]
