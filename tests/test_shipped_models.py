@@ -13,8 +13,8 @@ from tests.conftest import ROOT, SHARED_SPARC
 
 
 def test_shipped_models_load_with_their_metadata():
-    assert {"al-pbe", "sige-pbe"} <= set(shipped_models())
-    al = load_model("al-pbe")
+    assert {"al-pbe", "al-pbe-gamma", "sige-pbe"} <= set(shipped_models())
+    al = load_model("al-pbe-gamma")  # the Gamma-point model (history; compares with Gamma-point references)
     assert al.species == ("Al",) and al.valence_electrons == {"Al": 3.0} and al.mesh_spacing_bohr == 0.25
     assert al.spec.has_angular and al.metadata["training"]["validation_snapshots"][0]["name"] == "al_n=2_T=945_seed=8"
     test_names = {"al_n=2_T=630_seed=4", "al_n=2_T=1575_seed=9"}
@@ -31,11 +31,11 @@ def test_a_sige_model_refuses_carbon():
         load_model("sige-pbe").check_species(atoms.numbers)
 
 
-def test_al_pbe_on_the_held_out_vacancy_cell():
+def test_al_pbe_gamma_on_the_held_out_vacancy_cell():
     """Al31 with a vacancy at 630 K (SPARC, committed in data/sparc): eps 2.59 %, 3-sigma coverage
     0.974 when shipped."""
     snap = load_snapshot(ROOT / "data" / "sparc" / "al_n=2_T=630_a=4.05_seed=35_vacancy")
-    (m,), _, (pred,) = evaluate_snapshots(load_model("al-pbe"), [snap])
+    (m,), _, (pred,) = evaluate_snapshots(load_model("al-pbe-gamma"), [snap])
     assert m.eps_rho_percent < 2.65
     assert m.coverage_3sigma > 0.97
     assert abs(pred.density.sum() * snap.grid.dv_bohr3 - 93.0) < 1e-9
