@@ -135,3 +135,33 @@ def test_energy_refuses_a_reference_computed_otherwise(tmp_path, capsys, monkeyp
     assert rc == 2 and len(err.splitlines()) == 1
     assert "Gamma point" in err and "k 2x2x2 shift 0.5" in err
     assert not (tmp_path / "w").exists()
+
+
+def test_energy_and_eos_run_sparc_with_the_models_kpoints(tmp_path, capsys, monkeypatch):
+    """A k-point model's Harris-Foulkes runs get the k-point grid of their own cell (4-atom cell: 4x4x4, shift
+    0.5), through `mlrho energy` and every strain of `mlrho eos` (a fake SPARC answers; see test_bridge_cli)."""
+    from tests.test_bridge_cli import _FAKE_SPARC, FAKE_A_MIN_BOHR, FAKE_HF_OFFSET_HA, FAKE_WARM_ITERATIONS, FIXTURES
+    import stat
+    import sys
+
+    exe = tmp_path / "fake_sparc.py"
+    exe.write_text(_FAKE_SPARC.format(python=sys.executable, fixtures=str(FIXTURES), a_min=FAKE_A_MIN_BOHR,
+                                      hf_offset=FAKE_HF_OFFSET_HA, warm_iterations=FAKE_WARM_ITERATIONS))
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("ASE_SPARC_COMMAND", str(exe))
+    model = load_model("al-pbe-gamma")
+    model.metadata[METADATA_KEY] = K_MODEL.to_dict()
+    path = save_model(model, tmp_path / "al-k.safetensors")
+    xyz = tmp_path / "al4.xyz"
+    al_cubic().write(xyz)
+    assert main(["energy", str(xyz), "-m", str(path), "--workdir", str(tmp_path / "e"), "--json",
+                 "--no-second-order"]) == 0
+    assert main(["eos", str(xyz), "-m", str(path), "--workdir", str(tmp_path / "s"), "--json",
+                 "--no-second-order"]) == 0
+    capsys.readouterr()
+    runs = [tmp_path / "e" / "hf"] + sorted((tmp_path / "s" / "ml").glob("hf_*"))
+    assert len(runs) == 6
+    for run in runs:
+        params = read_input_parameters(run)
+        assert list(params["KPOINT_GRID"]) == [4, 4, 4], run
+        assert list(params["KPOINT_SHIFT"]) == [0.5, 0.5, 0.5], run
