@@ -5,6 +5,8 @@ energies and the equation of state, all with the same k-point density (``data/sp
     python benchmarks/al_kpoints.py evaluate -m al-pbe [-m OTHER ...]   # densities on the held-out k-point cells
     python benchmarks/al_kpoints.py hf -m al-pbe --workdir mlrho-runs/hf   # needs SPARC: HF energies, both methods
     python benchmarks/al_kpoints.py eos -m al-pbe --workdir mlrho-runs/eos # needs SPARC: Al4 EOS, ML-HF vs SCF
+    python benchmarks/al_kpoints.py warmstart -m al-pbe                 # needs SPARC: SCF from the prediction
+    python benchmarks/al_kpoints.py bulk-modulus --kpts 3 6             # needs SPARC: B against the k-point grid
 
 Each writes ``benchmarks/results/al_kpoints/<what>.json`` (paths relative to the repository) and prints a table.
 The held-out cells are ``data/sparc/al_kpts/test*``: never trained, validated or calibrated on.
@@ -204,6 +206,34 @@ def eos(model_name: str, workdir: Path) -> dict:
     return report
 
 
+# ----------------------------------------------------------------------------- warm start
+def warm_start(model_name: str, workdir: Path, cells=None) -> dict:
+    """``mlrho warmstart`` on held-out k-point cells (default: the 4-atom thermal test cells): a full SCF from
+    the predicted density against SPARC's default guess, iterations and wall time of both."""
+    import contextlib
+    import io
+
+    from ase_mlrho.cli import main
+
+    rows = []
+    for d in (finished_runs("test_al4/*") if cells is None else [Path(c) for c in cells]):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            rc = main(["warmstart", str(d), "-m", model_name, "--workdir", str(workdir / d.name), "--json"])
+        if rc != 0:
+            raise SystemExit(f"mlrho warmstart failed on {d} ({rc})")
+        r = json.loads(buf.getvalue())
+        row = {k: r[k] for k in ("natoms", "warm_iterations", "default_iterations", "warm_wall_s", "default_wall_s",
+                                 "warm_wall_with_prediction_s", "speedup", "energy_difference_ha_per_atom")}
+        row["cell"] = rel(d)
+        row["iterations_saved_percent"] = 100 * (1 - r["warm_iterations"] / r["default_iterations"])
+        rows.append(row)
+        print(f"{d.name:40s} warm {r['warm_iterations']} vs default {r['default_iterations']} SCF iterations "
+              f"({row['iterations_saved_percent']:.0f} % fewer), wall {r['warm_wall_with_prediction_s']:.0f} s vs "
+              f"{r['default_wall_s']:.0f} s")
+    return {"model": model_name, "rows": rows}
+
+
 # ----------------------------------------------------------------------------- bulk modulus against k-points
 def bulk_modulus_convergence(kgrids, workdir: Path) -> dict:
     """SCF energies of the 1-atom primitive fcc cell at a = 3.95 .. 4.15 A for several k-point grids (shift 0.5,
@@ -245,13 +275,13 @@ def bulk_modulus_convergence(kgrids, workdir: Path) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("convergence", "evaluate", "hf", "eos", "bulk-modulus"))
+    p.add_argument("what", choices=("convergence", "evaluate", "hf", "eos", "warmstart", "bulk-modulus"))
     p.add_argument("--kpts", type=int, nargs="+", default=[3, 6, 9, 12, 16],
                    help="bulk-modulus: k-point grids N (NxNxN) of the primitive cell")
     p.add_argument("-m", "--model", action="append", help="model name or file (evaluate: repeatable)")
     p.add_argument("--workdir", default="mlrho-runs/al_kpoints", help="SPARC run directories (hf, eos)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weight samples")
-    p.add_argument("--cells", nargs="+", help="hf: SPARC run directories (default: the held-out k-point cells)")
+    p.add_argument("--cells", nargs="+", help="hf, warmstart: SPARC run directories (default: the held-out k-point cells)")
     p.add_argument("--name", help="results file name (default: WHAT_MODEL)")
     args = p.parse_args(argv)
     models = args.model or ["al-pbe"]
@@ -261,6 +291,8 @@ def main(argv=None) -> int:
         payload = evaluate(models, args.seed)
     elif args.what == "bulk-modulus":
         payload = bulk_modulus_convergence(args.kpts, Path(args.workdir) / "bulk_modulus")
+    elif args.what == "warmstart":
+        payload = warm_start(models[0], Path(args.workdir) / "warmstart", args.cells)
     elif args.what == "hf":
         payload = harris_foulkes(models[0], Path(args.workdir) / "hf", args.seed, args.cells)
     else:
