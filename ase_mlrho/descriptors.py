@@ -122,14 +122,19 @@ class DescriptorSpec:
         return cls(m=int(d["m"]), m_s=int(d["m_s"]), k=int(d["k"]), species=tuple(d["species"]), **extra)
 
 
+def unknown_species(known, numbers) -> list[str]:
+    """Element symbols among ``numbers`` (atomic numbers) that are not in ``known`` (symbols), sorted."""
+    known_z = {atomic_numbers[s] for s in known}
+    return sorted({chemical_symbols[int(z)] for z in set(np.asarray(numbers).reshape(-1).tolist()) - known_z})
+
+
 def check_numbers(spec: DescriptorSpec, numbers, n_atoms: int) -> np.ndarray:
     """Atomic numbers as an int array, one per atom, all of species the spec knows
     (:class:`UnknownSpeciesError` naming the others)."""
     numbers = np.asarray(numbers, dtype=int).reshape(-1)
     if numbers.shape[0] != n_atoms:
         raise InvalidStructureError(f"{numbers.shape[0]} atomic numbers for {n_atoms} positions")
-    known = {atomic_numbers[s] for s in spec.species}
-    unknown = sorted({chemical_symbols[z] for z in set(numbers.tolist()) - known})
+    unknown = unknown_species(spec.species, numbers)
     if unknown:
         raise UnknownSpeciesError(
             f"the descriptor knows {', '.join(spec.species)}; the structure also has {', '.join(unknown)}"

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ase.data import atomic_numbers, chemical_symbols
+from ase.data import chemical_symbols
 
 from . import __version__
-from .descriptors import DescriptorSpec, UnknownSpeciesError
+from .descriptors import DescriptorSpec, UnknownSpeciesError, unknown_species
 from .model import DensityEnsemble, DensityNetwork, NetworkConfig, Prediction
 
 __all__ = ["MLRhoModel", "ModelFileError", "load_model", "save_model", "shipped_models", "metadata_entry", "FORMAT_VERSION"]
@@ -86,8 +86,7 @@ class MLRhoModel:
 
     def check_species(self, numbers) -> None:
         """Raise :class:`UnknownSpeciesError` if the structure has elements the model does not know."""
-        known = {atomic_numbers[s] for s in self.species}
-        unknown = sorted({chemical_symbols[int(z)] for z in set(np.asarray(numbers).tolist()) - known})
+        unknown = unknown_species(self.species, numbers)
         if unknown:
             raise UnknownSpeciesError(
                 f"model '{self.name}' knows {', '.join(self.species)}; structure has {', '.join(unknown)}"

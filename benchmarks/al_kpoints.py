@@ -130,8 +130,8 @@ def harris_foulkes(model_name: str, workdir: Path, seed: int = 0, cells=None) ->
     from ase_mlrho.model_files import load_model
     from sparc_bridge.density_file import read_density
     from sparc_bridge.harris_foulkes import harris_foulkes_energy
-    from sparc_bridge.ml_provider import (MLDensityProvider, MLProviderSettings, model_reference_settings,
-                                          sparc_settings_for_model)
+    from ase_mlrho.inference import InferenceSettings
+    from sparc_bridge.ml_provider import MLDensityProvider, model_reference_settings, sparc_settings_for_model
     from sparc_bridge.reference import check_reference_run
     from sparc_bridge.run import is_complete, parse_run
     from sparc_bridge.screening import ScreeningModel, second_order_correction
@@ -151,7 +151,7 @@ def harris_foulkes(model_name: str, workdir: Path, seed: int = 0, cells=None) ->
             grid = snap.grid
         else:
             settings = sparc_settings_for_model(model, atoms=snap.atoms)
-            grid, density, _ = MLDensityProvider(model, MLProviderSettings(seed=seed))(snap.atoms)
+            grid, density, _ = MLDensityProvider(model, InferenceSettings(seed=seed))(snap.atoms)
             r = harris_foulkes_energy(snap.atoms, density, grid, settings, work, screening=screening)
             stamp.write_text(sha)
             energy_per_atom, sparc_s = r.energy_per_atom_ha, r.sparc_wall_s

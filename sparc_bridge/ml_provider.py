@@ -25,37 +25,21 @@ whose valence electron counts differ from the pseudopotentials SPARC will use ra
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
 from ase_mlrho.grid import Grid
+from ase_mlrho.inference import ExecutorSettings, InferenceSettings
 
 from .inputs import SparcSettings
 
-__all__ = ["MLProviderSettings", "MLDensityProvider", "ModelPseudopotentialMismatchError",
+__all__ = ["MLDensityProvider", "ModelPseudopotentialMismatchError",
            "sparc_settings_for_model", "model_reference_settings", "check_model_for_structure"]
 
 
 class ModelPseudopotentialMismatchError(ValueError):
     """A model trained with other valence electron counts than SPARC's pseudopotentials give."""
-
-
-@dataclass(frozen=True)
-class MLProviderSettings:
-    """How the model predicts: posterior weight samples (None: the model's default), the seed of
-    those samples (same seed, same field), grid points per block, and local worker processes."""
-
-    n_samples: int | None = None
-    seed: int = 0
-    chunk_points: int = 2 ** 18
-    workers: int = 1
-
-    def __post_init__(self):
-        if self.n_samples is not None and int(self.n_samples) < 1:
-            raise ValueError(f"n_samples must be >= 1 or None, got {self.n_samples}")
-        if int(self.workers) < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
 
 
 def _as_model(model):
@@ -112,15 +96,22 @@ class MLDensityProvider:
     Parameters
     ----------
     model : a shipped model's name, a ``.safetensors`` path, or an :class:`~ase_mlrho.model_files.MLRhoModel`.
-    settings : :class:`MLProviderSettings` (samples, seed, block size, workers).
+    settings : :class:`~ase_mlrho.inference.InferenceSettings` (weight samples, seed, block size), the same
+        settings as every other prediction; the mesh is always the model's (the grid SPARC builds).
+    executor : :class:`~ase_mlrho.inference.ExecutorSettings` (serial, or local worker processes).
     psp_dir : pseudopotential directory SPARC uses (None: sparc-x-api's search), for the valence check.
 
     ``last_field`` keeps the last :class:`~ase_mlrho.inference.FieldPrediction` (with the sigmas).
     """
 
-    def __init__(self, model, settings: MLProviderSettings = MLProviderSettings(), psp_dir: str | None = None):
+    def __init__(self, model, settings: InferenceSettings = InferenceSettings(),
+                 executor: ExecutorSettings = ExecutorSettings(), psp_dir: str | None = None):
+        if settings.mesh_spacing_bohr is not None:
+            raise ValueError("the provider predicts on the model's own mesh (the grid SPARC builds); "
+                             "leave InferenceSettings.mesh_spacing_bohr unset")
         self.model = _as_model(model)
         self.settings = settings
+        self.executor = executor
         self.psp_dir = psp_dir
         self.last_field = None
 
@@ -133,16 +124,13 @@ class MLDensityProvider:
         return Grid.from_atoms(atoms, self.mesh_spacing_bohr)
 
     def __call__(self, atoms):
-        from ase_mlrho.inference import ExecutorSettings, InferenceSettings, run_prediction
+        from ase_mlrho.inference import run_prediction
 
         check_model_for_structure(self.model, atoms, self.psp_dir)
         grid = self.grid(atoms)
         s = self.settings
-        executor = ExecutorSettings("processes", int(s.workers)) if s.workers > 1 else ExecutorSettings()
         t0 = time.perf_counter()
-        run = run_prediction(self.model, atoms, None,
-                             InferenceSettings(n_samples=s.n_samples, seed=int(s.seed), chunk_points=int(s.chunk_points)),
-                             executor, grid=grid)
+        run = run_prediction(self.model, atoms, None, s, self.executor, grid=grid)
         seconds = time.perf_counter() - t0
         f = run.field
         self.last_field = f

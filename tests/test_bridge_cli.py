@@ -24,7 +24,8 @@ from ase_mlrho.cli import main
 from ase_mlrho.descriptors import UnknownSpeciesError
 from ase_mlrho.grid import Grid
 from sparc_bridge.inputs import SparcSettings, write_scf_input
-from sparc_bridge.ml_provider import MLDensityProvider, MLProviderSettings, sparc_settings_for_model
+from ase_mlrho.inference import InferenceSettings
+from sparc_bridge.ml_provider import MLDensityProvider, sparc_settings_for_model
 from sparc_bridge.run import MARKER_NAME, run_sparc
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -121,7 +122,7 @@ def _json(capsys) -> dict:
 # ============================================================================ the ML density provider
 def test_ml_provider_predicts_on_sparcs_grid(toy_model):
     atoms = bulk("Al", "fcc", a=4.05, cubic=True)
-    provider = MLDensityProvider(toy_model, MLProviderSettings(seed=3))
+    provider = MLDensityProvider(toy_model, InferenceSettings(seed=3))
     grid, rho, summary = provider(atoms)
     expected = Grid.from_atoms(atoms, provider.model.mesh_spacing_bohr)
     assert grid.shape == expected.shape == (31, 31, 31)

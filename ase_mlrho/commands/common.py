@@ -173,7 +173,7 @@ class PreparedRun(NamedTuple):
     command: str
     inp: LoadedInput
     model: object
-    provider_settings: object
+    provider_settings: tuple  # (InferenceSettings, ExecutorSettings) of the density prediction
     workdir: Path
 
 
@@ -181,9 +181,12 @@ def prepare_run(args, name: str, check=None) -> PreparedRun:
     """SPARC's command, the structure, the model checked against it, the ML provider settings and a
     fresh work directory, in that order; ``check(model)`` (command-specific input checks that may raise
     ValueError or CommandError) runs before the work directory is made. Raises CommandError or ValueError."""
-    from sparc_bridge.ml_provider import MLProviderSettings
+    from ase_mlrho.inference import ExecutorSettings, InferenceSettings
 
-    provider_settings = MLProviderSettings(n_samples=args.samples, seed=args.seed, workers=args.workers)
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    provider_settings = (InferenceSettings(n_samples=args.samples, seed=args.seed),
+                         ExecutorSettings("processes", args.workers) if args.workers > 1 else ExecutorSettings())
     command = sparc_command()
     inp = load_input(args.structure, args.index)
     model = load_checked_model(args.model, inp.atoms)

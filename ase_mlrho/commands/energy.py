@@ -65,7 +65,7 @@ def run(args) -> int:
         screening = common.model_screening(args, model)
     except common.CommandError as exc:
         return common.fail(name, exc)
-    provider = MLDensityProvider(model, provider_settings)
+    provider = MLDensityProvider(model, *provider_settings)
     atoms = inp.atoms
     t0 = time.perf_counter()
     try:

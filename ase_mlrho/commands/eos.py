@@ -127,7 +127,7 @@ def run(args) -> int:
         screening = common.model_screening(args, model)
     except common.CommandError as exc:
         return common.fail(name, exc)
-    ml_calc = HarrisFoulkesCalculator(MLDensityProvider(model, provider_settings), settings, hf,
+    ml_calc = HarrisFoulkesCalculator(MLDensityProvider(model, *provider_settings), settings, hf,
                                       directory=workdir / "ml", command=command, timeout_s=args.timeout,
                                       screening=screening)
     scf_calc = SparcSCFCalculator(settings, directory=workdir / "scf", command=command,

@@ -52,7 +52,7 @@ def run(args) -> int:
     settings = sparc_settings_for_model(model, atoms=inp.atoms)
     t0 = time.perf_counter()
     try:
-        grid, density, uncertainty = MLDensityProvider(model, provider_settings)(inp.atoms)
+        grid, density, uncertainty = MLDensityProvider(model, *provider_settings)(inp.atoms)
         t_pred = time.perf_counter() - t0
         cmp = warm_start_comparison(inp.atoms, density, grid, settings, workdir, command, args.timeout,
                                     rho_trigger=args.rho_trigger)
