@@ -29,6 +29,9 @@ __all__ = [
     "CONVENTIONAL_ATOMS",
     "DEFAULT_STRAINS",
     "fit_eos",
+    "conventional_cubic_atoms",
+    "eos_report",
+    "eos_differences",
     "strained",
     "eos_scan",
     "compare_eos",
@@ -87,8 +90,11 @@ class EOSResult:
 
 
 def fit_eos(volumes_ang3: Sequence[float], energies_ev: Sequence[float], natoms: int, crystal: str | None = None,
-            eos: str = "birchmurnaghan", label: str = "") -> EOSResult:
-    """Fit ``ase.eos.EquationOfState`` to (V, E) points; raise :class:`EOSFitError` when the minimum is outside them."""
+            eos: str = "birchmurnaghan", label: str = "", conventional_atoms: int | None = None) -> EOSResult:
+    """Fit ``ase.eos.EquationOfState`` to (V, E) points; raise :class:`EOSFitError` when the minimum is outside them.
+
+    The cubic lattice parameter a0 = (n_conv V0 / natoms)^(1/3) is given when the atoms of the conventional
+    cell are known: ``conventional_atoms`` (e.g. from :func:`conventional_cubic_atoms`) or the ``crystal`` name."""
     v = np.asarray(volumes_ang3, dtype=np.float64)
     e = np.asarray(energies_ev, dtype=np.float64)
     if v.shape != e.shape or v.size < 4:
@@ -110,11 +116,50 @@ def fit_eos(volumes_ang3: Sequence[float], energies_ev: Sequence[float], natoms:
             f"the EOS minimum (V0 = {v0:.4g} A^3) lies {side} sampled volume ({v[0]:.4g}..{v[-1]:.4g} A^3): "
             "the scan does not bracket the equilibrium; shift or widen the strains"
         )
-    a0 = None
-    if crystal is not None:
-        a0 = float((CONVENTIONAL_ATOMS[crystal] * v0 / natoms) ** (1.0 / 3.0))
+    n_conv = conventional_atoms if conventional_atoms is not None else CONVENTIONAL_ATOMS.get(crystal)
+    a0 = None if n_conv is None else float((n_conv * v0 / natoms) ** (1.0 / 3.0))
     return EOSResult(tuple(map(float, v)), tuple(map(float, e)), int(natoms), eos, float(v0), float(e0),
                      float(b / GPa), crystal, a0, label)
+
+
+def conventional_cubic_atoms(atoms, symprec: float = 1e-3) -> int | None:
+    """Atoms in the conventional cell of a cubic crystal (spglib), None when the structure is not cubic:
+    what turns a fitted V0 into a lattice parameter whatever the supercell."""
+    import spglib
+
+    cell = (np.asarray(atoms.cell), atoms.get_scaled_positions(), atoms.numbers)
+    with warnings.catch_warnings():  # spglib 2.x warns about its own error-handling switch
+        warnings.simplefilter("ignore", DeprecationWarning)
+        dataset = spglib.get_symmetry_dataset(cell, symprec=symprec)
+    if dataset is None or not 195 <= int(dataset.number) <= 230:
+        return None
+    return int(len(dataset.std_types))
+
+
+def eos_report(result: EOSResult, points: list | None = None) -> dict:
+    """An EOS fit in atomic units, as ``mlrho eos --json`` reports it (a0 None when not cubic)."""
+    return {
+        "a0_bohr": result.a0_bohr,
+        "a0_ang": result.a0_ang,
+        "v0_bohr3_per_atom": result.v0_ang3 / result.natoms / Bohr ** 3,
+        "e0_ha_per_atom": result.e0_per_atom_ha,
+        "bulk_modulus_gpa": result.b_gpa,
+        "eos": result.eos_name,
+        "natoms": result.natoms,
+        "points": points,
+    }
+
+
+def eos_differences(result: EOSResult, reference: EOSResult) -> dict:
+    """``result - reference`` in atomic units (a0 in Bohr, V0 in Bohr^3/atom, E0 in Ha/atom; B in GPa and %)."""
+    a, r = eos_report(result), eos_report(reference)
+    return {
+        "da0_bohr": None if a["a0_bohr"] is None or r["a0_bohr"] is None else a["a0_bohr"] - r["a0_bohr"],
+        "dbulk_modulus_gpa": a["bulk_modulus_gpa"] - r["bulk_modulus_gpa"],
+        "dbulk_modulus_percent": 100 * (a["bulk_modulus_gpa"] / r["bulk_modulus_gpa"] - 1),
+        "dv0_bohr3_per_atom": a["v0_bohr3_per_atom"] - r["v0_bohr3_per_atom"],
+        "de0_ha_per_atom": a["e0_ha_per_atom"] - r["e0_ha_per_atom"],
+    }
 
 
 def strained(atoms, strain: float):
@@ -184,7 +229,7 @@ def compare_eos(atoms, calculators: Mapping[str, object], strains: Sequence[floa
 
 
 def eos_from_runs(directories: Sequence, crystal: str | None = None, eos: str = "birchmurnaghan",
-                  label: str = "SCF runs", sparc_label: str = "SPARC") -> EOSResult:
+                  label: str = "SCF runs", sparc_label: str = "SPARC", conventional_atoms: int | None = None) -> EOSResult:
     """Fit an EOS to finished SPARC runs of one structure at several volumes (energies from :func:`parse_run`)."""
     from sparc.io import read_sparc
 
@@ -202,7 +247,7 @@ def eos_from_runs(directories: Sequence, crystal: str | None = None, eos: str = 
         natoms.add(len(atoms))
     if len(natoms) != 1:
         raise EOSFitError(f"the runs hold different numbers of atoms {sorted(natoms)}; an EOS needs one structure")
-    return fit_eos(volumes, energies, natoms.pop(), crystal, eos, label)
+    return fit_eos(volumes, energies, natoms.pop(), crystal, eos, label, conventional_atoms)
 
 
 def plot_eos(results: Mapping[str, EOSResult] | EOSResult, path) -> Path:

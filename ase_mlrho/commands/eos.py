@@ -28,7 +28,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 
 from . import common
 
@@ -59,42 +58,11 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def conventional_cubic_atoms(atoms, symprec: float = 1e-3) -> int | None:
-    """Atoms in the conventional cell of a cubic crystal (spglib), None when the structure is not cubic."""
-    import warnings
-
-    import spglib
-
-    cell = (np.asarray(atoms.cell), atoms.get_scaled_positions(), atoms.numbers)
-    with warnings.catch_warnings():  # spglib 2.x warns about its own error-handling switch
-        warnings.simplefilter("ignore", DeprecationWarning)
-        dataset = spglib.get_symmetry_dataset(cell, symprec=symprec)
-    if dataset is None or not 195 <= int(dataset.number) <= 230:
-        return None
-    return int(len(dataset.std_types))
-
-
-def _summary(result, n_conv: int | None, points: list[dict] | None) -> dict:
-    from ase.units import Bohr
-
-    v0_per_atom_bohr3 = result.v0_ang3 / result.natoms / Bohr ** 3
-    a0_ang = None if n_conv is None else float((n_conv * result.v0_ang3 / result.natoms) ** (1.0 / 3.0))
-    return {
-        "a0_bohr": None if a0_ang is None else a0_ang / Bohr,
-        "a0_ang": a0_ang,
-        "v0_bohr3_per_atom": v0_per_atom_bohr3,
-        "e0_ha_per_atom": result.e0_per_atom_ha,
-        "bulk_modulus_gpa": result.b_gpa,
-        "eos": result.eos_name,
-        "natoms": result.natoms,
-        "points": points,
-    }
-
-
 def run(args) -> int:
     from ase.units import Bohr, Hartree
 
-    from sparc_bridge.eos import EOSFitError, eos_from_runs, fit_eos, plot_eos, strained
+    from sparc_bridge.eos import (EOSFitError, conventional_cubic_atoms, eos_differences, eos_from_runs, eos_report,
+                                  fit_eos, plot_eos, strained)
     from sparc_bridge.harris_foulkes import GridMismatchError, HarrisFoulkesCalculator
     from sparc_bridge.inputs import HarrisFoulkesSettings
     from sparc_bridge.ml_provider import MLDensityProvider, sparc_settings_for_model
@@ -161,12 +129,12 @@ def run(args) -> int:
         return common.fail(name, exc)
 
     try:
-        ml = fit_eos(volumes, e_ml, len(atoms), None, args.eos, label="ML-HF")
+        ml = fit_eos(volumes, e_ml, len(atoms), None, args.eos, "ML-HF", n_conv)
         scf = None
         if scf_calc is not None:
-            scf = fit_eos(volumes, e_scf, len(atoms), None, args.eos, label="SCF")
+            scf = fit_eos(volumes, e_scf, len(atoms), None, args.eos, "SCF", n_conv)
         elif args.scf_runs:
-            scf = eos_from_runs(args.scf_runs, None, args.eos, label="SCF runs")
+            scf = eos_from_runs(args.scf_runs, None, args.eos, "SCF runs", conventional_atoms=n_conv)
             scf_points = None
     except (EOSFitError, SparcRunError) as exc:
         # the energies were paid for: show them, so a shifted scan can be chosen without rerunning blindly
@@ -183,21 +151,14 @@ def run(args) -> int:
         "conventional_cell_atoms": n_conv,
         "strains": strains,
         "second_order": None if screening is None else screening.to_dict(),
-        "ml": _summary(ml, n_conv, ml_points),
-        "scf": None if scf is None else _summary(scf, n_conv, scf_points),
+        "ml": eos_report(ml, ml_points),
+        "scf": None if scf is None else eos_report(scf, scf_points),
         "scf_source": "with-scf" if args.with_scf else ("scf-runs" if args.scf_runs else None),
         "seconds": seconds,
         "workdir": str(workdir),
     }
     if scf is not None:
-        m, s = report["ml"], report["scf"]
-        report["differences"] = {
-            "da0_bohr": None if m["a0_bohr"] is None else m["a0_bohr"] - s["a0_bohr"],
-            "dbulk_modulus_gpa": m["bulk_modulus_gpa"] - s["bulk_modulus_gpa"],
-            "dbulk_modulus_percent": 100 * (m["bulk_modulus_gpa"] / s["bulk_modulus_gpa"] - 1),
-            "dv0_bohr3_per_atom": m["v0_bohr3_per_atom"] - s["v0_bohr3_per_atom"],
-            "de0_ha_per_atom": m["e0_ha_per_atom"] - s["e0_ha_per_atom"],
-        }
+        report["differences"] = eos_differences(ml, scf)
     if args.plot:
         try:
             plot_eos({"ML-HF": ml, **({} if scf is None else {scf.label: scf})}, args.plot)
