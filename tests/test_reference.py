@@ -165,3 +165,14 @@ def test_energy_and_eos_run_sparc_with_the_models_kpoints(tmp_path, capsys, monk
         params = read_input_parameters(run)
         assert list(params["KPOINT_GRID"]) == [4, 4, 4], run
         assert list(params["KPOINT_SHIFT"]) == [0.5, 0.5, 0.5], run
+
+
+@needs_k_runs
+def test_train_refuses_references_computed_two_ways(tmp_path, capsys):
+    """A model must not learn two definitions of the density: Gamma-point and k-point runs together are refused
+    before any training, with one line naming both settings."""
+    rc = main(["train", str(GAMMA_RUNS[0]), str(K_RUNS[0]), "-o", str(tmp_path / "mixed.safetensors")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "different settings" in err and "Gamma point" in err and "k 4x4x4 shift 0.5" in err
+    assert not (tmp_path / "mixed.safetensors").exists()
