@@ -1,0 +1,74 @@
+"""Uncertainty at the defect itself: 3-sigma coverage of the grid points near a vacancy (held-out Al31 cell).
+
+The vacancy centre is the centre of the largest empty sphere (the grid point farthest from every atom, periodic
+images included). For each model: coverage within 3 and 4 Bohr of it, the mean |error| over the mean sigma there,
+and the epistemic sigma there relative to the cell's mean.
+
+    python benchmarks/vacancy_coverage.py -m al-pbe -m al-pbe-gamma [--cell DIR]
+
+Writes ``benchmarks/results/al_kpoints/vacancy_coverage.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def near_vacancy(snap, model_name: str, radii=(3.0, 4.0)) -> dict:
+    from ase.units import Bohr
+    from scipy.spatial import cKDTree
+
+    from ase_mlrho.inference import predict_field
+    from ase_mlrho.model_files import load_model
+
+    f = predict_field(load_model(model_name), snap.atoms, snap.grid)
+    pts = snap.grid.points_bohr_at(np.arange(snap.grid.n_points))
+    cell = snap.grid.cell_bohr
+    shifts = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)]) @ cell
+    images = (snap.atoms.get_positions()[None, :, :] / Bohr + shifts[:, None, :]).reshape(-1, 3)
+    d, _ = cKDTree(images).query(pts)
+    centre = pts[np.argmax(d)]
+    frac = (pts - centre) @ np.linalg.inv(cell)
+    r = np.linalg.norm((frac - np.round(frac)) @ cell, axis=1)
+    err = (f.density - snap.density_e_per_bohr3).reshape(-1)
+    sig, epi = f.sigma_total.reshape(-1), f.sigma_epistemic.reshape(-1)
+    out = {"model": model_name, "largest_empty_sphere_bohr": float(d.max())}
+    for radius in radii:
+        m = r < radius
+        out[f"within_{radius:g}_bohr"] = {
+            "points": int(m.sum()), "coverage_3sigma": float(np.mean(np.abs(err[m]) <= 3 * sig[m])),
+            "mean_abs_error_over_mean_sigma": float(np.abs(err[m]).mean() / sig[m].mean()),
+            "epistemic_sigma_over_cell_mean": float(epi[m].mean() / epi.mean())}
+        print(f"{model_name}: within {radius:g} Bohr ({m.sum()} points): 3-sigma coverage "
+              f"{out[f'within_{radius:g}_bohr']['coverage_3sigma']:.3f}, mean|err|/mean sigma "
+              f"{out[f'within_{radius:g}_bohr']['mean_abs_error_over_mean_sigma']:.2f}, epistemic sigma x"
+              f"{out[f'within_{radius:g}_bohr']['epistemic_sigma_over_cell_mean']:.2f} of the cell mean")
+    return out
+
+
+def main(argv=None) -> int:
+    from ase_mlrho.files import atomic_write
+    from sparc_bridge.snapshots import load_snapshot
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-m", "--model", action="append", help="model (repeatable; default al-pbe)")
+    p.add_argument("--cell", help="SPARC run directory of a vacancy cell (default: data/sparc/al_kpts/test_vacancy/*)")
+    args = p.parse_args(argv)
+    cell = Path(args.cell) if args.cell else sorted((ROOT / "data/sparc/al_kpts/test_vacancy").glob("al_n=*"))[0]
+    snap = load_snapshot(cell)
+    rows = [near_vacancy(snap, m) for m in (args.model or ["al-pbe"])]
+    out = ROOT / "benchmarks/results/al_kpoints/vacancy_coverage.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda fh: json.dump({"cell": cell.name, "rows": rows}, fh, indent=1))
+    print(f"wrote {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
