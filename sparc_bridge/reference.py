@@ -158,9 +158,13 @@ def _run_parameters(directory: Path) -> tuple[dict, list[str], np.ndarray]:
 def reference_settings_of_run(directory) -> ReferenceSettings:
     """The :class:`ReferenceSettings` of a finished SPARC run directory (``SPARC.inpt``, ``SPARC.ion``; the
     mesh from ``MESH_SPACING`` or, for runs given an ``FD_GRID``, from ``meta.json``)."""
+    return _run_record(Path(directory))[0]
+
+
+def _run_record(directory: Path) -> tuple[ReferenceSettings, dict, np.ndarray]:
+    """(settings, .inpt parameters, cell in Angstrom) of a run directory, its input read once."""
     import json
 
-    directory = Path(directory)
     params, psp, cell_ang = _run_parameters(directory)
     mesh = params.get("MESH_SPACING")
     if mesh is None and (directory / "meta.json").is_file():
@@ -172,12 +176,13 @@ def reference_settings_of_run(directory) -> ReferenceSettings:
     lengths = np.linalg.norm(cell_ang, axis=1)
     klen = None if kpts == [1, 1, 1] else tuple(round(float(n * l), 3) for n, l in zip(kpts, lengths))
     symbols = _symbols_of_ion(directory / "SPARC.ion")
-    return ReferenceSettings(xc=params.get("EXCHANGE_CORRELATION", "GGA_PBE"),
-                             elec_temp_type=str(params.get("ELEC_TEMP_TYPE", "Fermi-Dirac")),
-                             elec_temp_k=float(params.get("ELEC_TEMP", 631.554)),
-                             mesh_spacing_bohr=float(mesh), kpoint_length_ang=klen,
-                             kpoint_shift=tuple(shift) if klen is not None else (0.0, 0.0, 0.0),
-                             pseudopotentials=tuple(zip(symbols, psp)))
+    settings = ReferenceSettings(xc=params.get("EXCHANGE_CORRELATION", "GGA_PBE"),
+                                 elec_temp_type=str(params.get("ELEC_TEMP_TYPE", "Fermi-Dirac")),
+                                 elec_temp_k=float(params.get("ELEC_TEMP", 631.554)),
+                                 mesh_spacing_bohr=float(mesh), kpoint_length_ang=klen,
+                                 kpoint_shift=tuple(shift) if klen is not None else (0.0, 0.0, 0.0),
+                                 pseudopotentials=tuple(zip(symbols, psp)))
+    return settings, params, cell_ang
 
 
 def _symbols_of_ion(path: Path) -> list[str]:
@@ -214,13 +219,12 @@ def _same_footing(a: ReferenceSettings, b: ReferenceSettings, cell_ang, fd_grid=
 def common_reference_settings(directories) -> ReferenceSettings:
     """The one :class:`ReferenceSettings` of a set of training runs; ReferenceMismatchError when they differ
     (a model must not learn two definitions of the density at once)."""
-    runs = [(Path(d), reference_settings_of_run(d)) for d in directories]
+    runs = [(Path(d), *_run_record(Path(d))) for d in directories]
     if not runs:
         raise ValueError("no SPARC run directories given")
-    first_dir, first = runs[0]
+    first_dir, first, _, _ = runs[0]
     psp = dict(first.pseudopotentials)
-    for d, s in runs[1:]:
-        params, _, cell = _run_parameters(d)
+    for d, s, params, cell in runs[1:]:
         if not _same_footing(first, s, cell, params.get("FD_GRID")):
             raise ReferenceMismatchError(
                 f"training runs computed with different settings: {first_dir.name}: {first.describe_for(cell)}; "
@@ -233,8 +237,7 @@ def check_reference_run(model_settings: ReferenceSettings, directory, model_name
     """Refuse a reference run directory computed with other settings than ``model_settings`` give its cell:
     ReferenceMismatchError with one line naming both."""
     directory = Path(directory)
-    run = reference_settings_of_run(directory)
-    params, _, cell = _run_parameters(directory)
+    run, params, cell = _run_record(directory)
     if not _same_footing(model_settings, run, cell, params.get("FD_GRID")):
         raise ReferenceMismatchError(
             f"{directory.name} was computed with {run.describe_for(cell)}; {model_name} runs SPARC with "
