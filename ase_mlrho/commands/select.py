@@ -39,21 +39,9 @@ def _fail(message) -> int:
 
 def read_candidates(paths) -> list:
     """``(file, frame, atoms)`` for every frame of every file; ValueError with one line for a bad file."""
-    from ase.io import read
+    from .predict import read_frames
 
-    from ..quiet import quiet_third_party
-
-    out = []
-    for path in paths:
-        p = Path(path)
-        if not p.is_file():
-            raise ValueError(f"candidate {path} does not exist or is not a file")
-        try:
-            with quiet_third_party():
-                frames = read(path, index=":")
-        except Exception as exc:  # noqa: BLE001 - ase.io raises many types for unreadable files
-            raise ValueError(f"cannot read {path} as a structure ({type(exc).__name__}: {exc})") from None
-        out += [(str(path), i, atoms) for i, atoms in enumerate(frames)]
+    out = [(str(path), i, atoms) for path in paths for i, atoms in enumerate(read_frames(path, ":"))]
     if not out:
         raise ValueError("no candidate structures")
     return out
