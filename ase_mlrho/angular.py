@@ -24,7 +24,7 @@ import numpy as np
 
 from .threads import torch_threads
 
-__all__ = ["real_spherical_harmonics", "power_spectrum", "cosine_cutoff", "n_power_spectrum"]
+__all__ = ["real_spherical_harmonics", "power_spectrum", "power_spectrum_tensor", "cosine_cutoff", "n_power_spectrum"]
 
 
 def cosine_cutoff(d: np.ndarray, r_cut: float) -> np.ndarray:
@@ -90,20 +90,27 @@ def _power_spectrum(dist, disp, centers_bohr, width_bohr, r_cut_bohr, l_max, dty
 
     d = torch.as_tensor(np.asarray(dist, dtype=dtype))
     v = torch.as_tensor(np.asarray(disp, dtype=dtype))
-    centers = torch.as_tensor(np.asarray(centers_bohr, dtype=dtype))
+    return power_spectrum_tensor(d, v, centers_bohr, width_bohr, r_cut_bohr, l_max).numpy()
+
+
+def power_spectrum_tensor(d, v, centers_bohr, width_bohr: float, r_cut_bohr: float, l_max: int):
+    """:func:`power_spectrum` on torch tensors (P, K) and (P, K, 3), in their dtype and on their device."""
+    import torch
+
+    centers = torch.as_tensor(np.asarray(centers_bohr), dtype=d.dtype, device=d.device)
     n = len(centers)
     inside = d < r_cut_bohr
     weight = torch.where(inside, 0.5 * (1.0 + torch.cos(torch.clamp(d, max=r_cut_bohr) * (math.pi / r_cut_bohr))), 0.0)
     g = torch.exp(-((d.unsqueeze(-1) - centers) ** 2) / (2.0 * width_bohr ** 2)) * weight.unsqueeze(-1)  # (P, K, n)
     at_x = d < 1e-8  # an atom at x: any direction will do (only l = 0 survives the sum over m)
     u = v / torch.where(at_x, 1.0, d).unsqueeze(-1)
-    u = torch.where(at_x.unsqueeze(-1), torch.tensor([0.0, 0.0, 1.0], dtype=u.dtype), u)
+    u = torch.where(at_x.unsqueeze(-1), torch.tensor([0.0, 0.0, 1.0], dtype=u.dtype, device=u.device), u)
     ylm = real_spherical_harmonics(u, l_max)  # (P, K, (L+1)^2)
     c = torch.bmm(g.transpose(1, 2), ylm)  # (P, n, (L+1)^2)
-    iu = torch.triu_indices(n, n)
+    iu = torch.triu_indices(n, n, device=d.device)
     out = []
     for l in range(l_max + 1):
         cl = c[:, :, l * l:(l + 1) * (l + 1)]
         p = torch.bmm(cl, cl.transpose(1, 2))
         out.append(p[:, iu[0], iu[1]])
-    return torch.cat(out, dim=1).numpy()
+    return torch.cat(out, dim=1)

@@ -16,17 +16,21 @@ import numpy as np
 
 from .descriptors import Descriptors
 from .grid import Grid
+from .dense_descriptors import DenseDescriptors, compact_sub_blocks
 from .local_descriptors import LOCAL_MIN_ATOMS, LocalDescriptors
+from .predictor import Predictor
 
 __all__ = ["InferenceSettings", "Structure", "ChunkPlan", "Job", "Block", "make_job", "predict_block",
            "build_context", "cached_context", "context_for_token", "DEFAULT_CHUNK_POINTS", "DEFAULT_BATCH_POINTS",
-           "STAT_COLUMNS"]
+           "DEFAULT_DEVICE_BATCH_POINTS", "STAT_COLUMNS", "box_flat_indices"]
 
 #: default points per block (task and zarr chunk): 2^18 points = 1 MiB of float32 per array
 DEFAULT_CHUNK_POINTS = 2 ** 18
 #: default points per model call inside a block: small enough for the caches (measured on 2 cores,
 #: 3x64 network, 8 samples: 53 k points/s per core at 4096, 38 k at 16384, 25 k at 65536)
 DEFAULT_BATCH_POINTS = 2 ** 12
+#: default points per model call on an accelerator (dense tables of 2^16 points: ~1 GB of work arrays)
+DEFAULT_DEVICE_BATCH_POINTS = 2 ** 16
 #: columns of the per-block statistics (all extensive sums except the max)
 STAT_COLUMNS = ("points", "sum_raw", "sum_clipped", "sum_sigma_total", "max_sigma_total", "n_ood")
 
@@ -45,22 +49,49 @@ class InferenceSettings:
         those only (:mod:`ase_mlrho.local_descriptors`: worker memory and set-up independent of the cell size);
         ``"auto"`` -- ``"block"`` for periodic cells of at least ``LOCAL_MIN_ATOMS`` atoms.
         Both give the same descriptors (to rounding, 1e-13 Bohr).
+    device : None (default) -- descriptors from k-d tree queries (numpy) and the network member by
+        member, on this machine's CPUs: the fastest path there (``benchmarks/profile.py``). A torch
+        device ("cuda", "cuda:1", "cpu", ...) -- descriptors as dense tensors of compact sub-blocks
+        (:mod:`ase_mlrho.dense_descriptors`) and every weight set in one stack
+        (:mod:`ase_mlrho.predictor`), all on that device; the same field to float32 rounding.
+        Batches are then ``DEFAULT_DEVICE_BATCH_POINTS`` unless ``batch_points`` says otherwise.
     """
 
     n_samples: int | None = None
     seed: int = 0
     chunk_points: int = DEFAULT_CHUNK_POINTS
-    batch_points: int = DEFAULT_BATCH_POINTS
+    batch_points: int | None = None
     mesh_spacing_bohr: float | None = None
     neighbour_tables: str = "auto"
+    device: str | None = None
 
     def __post_init__(self):
         if self.neighbour_tables not in ("auto", "structure", "block"):
             raise ValueError(f"neighbour_tables must be auto, structure or block, got {self.neighbour_tables!r}")
         if self.n_samples is not None and int(self.n_samples) < 0:
             raise ValueError(f"n_samples must be >= 0, got {self.n_samples}")
-        if int(self.chunk_points) < 1 or int(self.batch_points) < 1:
+        if int(self.chunk_points) < 1 or (self.batch_points is not None and int(self.batch_points) < 1):
             raise ValueError("chunk_points and batch_points must be >= 1")
+        if self.device is not None:
+            import torch
+
+            try:
+                dev = torch.device(self.device)
+            except (RuntimeError, TypeError) as exc:
+                raise ValueError(f"unknown torch device {self.device!r}: {exc}") from None
+            if dev.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"device {self.device!r}: this torch ({torch.__version__}) sees no CUDA device")
+            if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise ValueError(f"device {self.device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+            if dev.type == "mps" and not torch.backends.mps.is_available():
+                raise ValueError(f"device {self.device!r}: this torch sees no Apple GPU")
+
+    @property
+    def resolved_batch_points(self) -> int:
+        if self.batch_points is not None:
+            return int(self.batch_points)
+        on_accelerator = self.device is not None and not str(self.device).startswith("cpu")
+        return DEFAULT_DEVICE_BATCH_POINTS if on_accelerator else DEFAULT_BATCH_POINTS
         if self.mesh_spacing_bohr is not None and not self.mesh_spacing_bohr > 0:
             raise ValueError(f"mesh_spacing_bohr must be positive, got {self.mesh_spacing_bohr}")
 
@@ -135,12 +166,17 @@ class ChunkPlan:
 
     def flat_indices(self, index: int) -> np.ndarray:
         """Flat (file-order) indices of the block's nodes, in C order of the block."""
-        sx, sy, sz = self.slices(index)
-        _, ny, nz = self.shape
-        i = np.arange(sx.start, sx.stop, dtype=np.int64)[:, None, None]
-        j = np.arange(sy.start, sy.stop, dtype=np.int64)[None, :, None]
-        k = np.arange(sz.start, sz.stop, dtype=np.int64)[None, None, :]
-        return ((i * ny + j) * nz + k).reshape(-1)
+        return box_flat_indices(self.shape, self.slices(index))
+
+
+def box_flat_indices(shape, slices) -> np.ndarray:
+    """Flat (file-order) indices of the grid nodes of a box of ``slices``, in C order of the box."""
+    sx, sy, sz = slices
+    _, ny, nz = shape
+    i = np.arange(sx.start, sx.stop, dtype=np.int64)[:, None, None]
+    j = np.arange(sy.start, sy.stop, dtype=np.int64)[None, :, None]
+    k = np.arange(sz.start, sz.stop, dtype=np.int64)[None, None, :]
+    return ((i * ny + j) * nz + k).reshape(-1)
 
 
 # ====================================================================== the job and one block
@@ -160,6 +196,7 @@ class Job:
     ood_threshold_e_per_bohr3: float | None
     token: str
     local_tables: bool = False
+    device: str | None = None
 
     @property
     def grid(self) -> Grid:
@@ -182,11 +219,15 @@ def make_job(model, structure: Structure, grid: Grid, settings: InferenceSetting
         settings.neighbour_tables == "auto" and structure.natoms >= LOCAL_MIN_ATOMS)
     local = local and all(structure.pbc) and all(grid.pbc)
     h = hashlib.sha256()
-    for part in (model_digest(model), structure.digest(), grid.cell_bohr.tobytes(), repr(grid.shape),
-                 repr(grid.pbc), repr(plan.block), n_samples, settings.seed, settings.batch_points, local):
+    batch = settings.resolved_batch_points
+    parts = [model_digest(model), structure.digest(), grid.cell_bohr.tobytes(), repr(grid.shape),
+             repr(grid.pbc), repr(plan.block), n_samples, settings.seed, batch, local]
+    if settings.device is not None:  # another path: float32 rounding differs, so another job
+        parts.append(f"device={settings.device}")
+    for part in parts:
         h.update(part if isinstance(part, bytes) else str(part).encode())
     return Job(model, structure, grid.cell_bohr, grid.shape, grid.pbc, plan, n_samples, int(settings.seed),
-                int(settings.batch_points), model.epistemic_sigma_validation_max, h.hexdigest(), local)
+               batch, model.epistemic_sigma_validation_max, h.hexdigest(), local, settings.device)
 
 
 @dataclass(eq=False)
@@ -197,6 +238,8 @@ class Context:
     grid: Grid
     descriptors: Descriptors | LocalDescriptors
     weight_sets: list
+    dense: DenseDescriptors | None = None  # the device path's descriptors (structure-wide tables)
+    predictor: Predictor | None = None  # the device path's network
 
     def block_source(self, index: int):
         """What computes the descriptors of block ``index``: the structure-wide tables, or the
@@ -211,7 +254,10 @@ def build_context(job: Job) -> Context:
     kind = LocalDescriptors if job.local_tables else Descriptors
     desc = kind(job.model.spec, s.positions_bohr, s.numbers, s.cell_bohr, s.pbc)
     weights = job.model.network.sample_weight_sets(job.n_samples, job.seed)
-    return Context(job, job.grid, desc, weights)
+    if job.device is None:
+        return Context(job, job.grid, desc, weights)
+    dense = None if job.local_tables else DenseDescriptors(desc, job.device)
+    return Context(job, job.grid, desc, weights, dense, Predictor(job.model.network, weights, job.device))
 
 
 #: per-process memo of worker contexts, keyed by job token (read-only data; at most two jobs kept)
@@ -248,6 +294,9 @@ class Block:
 
 
 def predict_block(ctx: Context, index: int) -> Block:
+    """The raw prediction and statistics of block ``index``."""
+    if ctx.job.device is not None:
+        return _predict_block_dense(ctx, index)
     job = ctx.job
     flat = job.plan.flat_indices(index)
     n = flat.size
@@ -264,3 +313,29 @@ def predict_block(ctx: Context, index: int) -> Block:
                       0 if thr is None else np.count_nonzero(epi > thr)], dtype=np.float64)
     shape = job.plan.block_shape(index)
     return Block(index, mean.reshape(shape), ale.reshape(shape), epi.reshape(shape), stats)
+
+
+def _predict_block_dense(ctx: Context, index: int) -> Block:
+    """:func:`predict_block` on the device path: compact sub-blocks of ``batch_points`` nodes, dense
+    descriptors and the stacked network on ``job.device``; only the results come back to the host."""
+    import torch
+
+    job = ctx.job
+    box = job.plan.slices(index)
+    shape = job.plan.block_shape(index)
+    dev = torch.device(job.device)
+    mean, ale, epi = (torch.empty(shape, dtype=torch.float64, device=dev) for _ in range(3))
+    source = ctx.block_source(index)
+    for sub in compact_sub_blocks(shape, job.batch_points):
+        grid_box = tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, sub))
+        pts = ctx.grid.points_bohr_at(box_flat_indices(job.grid_shape, grid_box))
+        d = ctx.dense.compute(pts) if ctx.dense is not None else source.compute_dense(pts, dev)
+        m, a, e = ctx.predictor.predict(d)
+        sub_shape = tuple(s.stop - s.start for s in sub)
+        mean[sub], ale[sub], epi[sub] = m.view(sub_shape), a.view(sub_shape), e.view(sub_shape)
+    sig_total = torch.sqrt(ale * ale + epi * epi)
+    thr = job.ood_threshold_e_per_bohr3
+    n_ood = 0 if thr is None else int(torch.count_nonzero(epi > thr))
+    stats = np.array([mean.numel(), float(mean.sum()), float(torch.clamp(mean, min=0.0).sum()),
+                      float(sig_total.sum()), float(sig_total.max()), n_ood], dtype=np.float64)
+    return Block(index, mean.cpu().numpy(), ale.cpu().numpy(), epi.cpu().numpy(), stats)

@@ -64,21 +64,24 @@ class MLRhoCalculator(Calculator):
     mesh_spacing_bohr : grid spacing (None: the model's, which is what it was trained on).
     executor, workers : ``"serial"`` (default), ``"processes"`` or ``"dask"`` and its worker count;
         the numbers do not depend on it.
+    device : None (default: the k-d tree path on the CPUs) or a torch device ("cuda", "cuda:1",
+        "cpu") for dense descriptors and the network on that device; the same field to float32 rounding.
     """
 
     implemented_properties = ["density", "density_sigma_total", "density_sigma_aleatoric",
                               "density_sigma_epistemic", "electrons_raw", "n_electrons"]
     default_parameters = {"n_samples": None, "seed": 0, "chunk_points": InferenceSettings.chunk_points,
-                          "mesh_spacing_bohr": None, "executor": "serial", "workers": 1}
+                          "mesh_spacing_bohr": None, "executor": "serial", "workers": 1, "device": None}
     nolabel = True
 
     def __init__(self, model="al-pbe", n_samples=None, seed=0, chunk_points=InferenceSettings.chunk_points,
-                 mesh_spacing_bohr=None, executor="serial", workers=1, **kwargs):
+                 mesh_spacing_bohr=None, executor="serial", workers=1, device=None, **kwargs):
         from .model_files import MLRhoModel, load_model
 
         self.model = model if isinstance(model, MLRhoModel) else load_model(model)
         Calculator.__init__(self, n_samples=n_samples, seed=seed, chunk_points=chunk_points,
-                            mesh_spacing_bohr=mesh_spacing_bohr, executor=executor, workers=workers, **kwargs)
+                            mesh_spacing_bohr=mesh_spacing_bohr, executor=executor, workers=workers, device=device,
+                            **kwargs)
         self.grid = None
         self.summary = None
 
@@ -86,7 +89,7 @@ class MLRhoCalculator(Calculator):
     def settings(self) -> InferenceSettings:
         p = self.parameters
         return InferenceSettings(n_samples=p.n_samples, seed=int(p.seed), chunk_points=int(p.chunk_points),
-                                 mesh_spacing_bohr=p.mesh_spacing_bohr)
+                                 mesh_spacing_bohr=p.mesh_spacing_bohr, device=p.device)
 
     def calculate(self, atoms=None, properties=("density",), system_changes=all_changes):
         Calculator.calculate(self, atoms, properties, system_changes)

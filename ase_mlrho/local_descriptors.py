@@ -68,6 +68,7 @@ class LocalDescriptors:
         rarest = min((c for c in self.species_counts.values() if c), default=1)
         r_m = (3.0 * spec.m * volume / (4.0 * math.pi * rarest)) ** (1.0 / 3.0)
         radius = 1.2 * r_m + 1.0
+        self.dense_reach_bohr = 1.2 * r_m + 1.5  # for DenseDescriptors of a block's cluster
         if spec.has_angular:
             radius = max(radius, spec.angular_cutoff_bohr + 1.0)
         self.radius_bohr = radius
@@ -155,10 +156,30 @@ class BlockDescriptors:
     def __init__(self, owner: LocalDescriptors, lo_frac: np.ndarray, hi_frac: np.ndarray):
         self.owner, self.lo_frac, self.hi_frac = owner, lo_frac, hi_frac
         self.radius_bohr = owner.radius_bohr
-        self._desc = self._reach = None
+        self._desc = self._reach = self._dense = None
 
     def compute(self, points_bohr, float64: bool = False) -> np.ndarray:
         """(P, n_features) descriptors (float32, or float64) of points inside the box."""
+        def run(desc, pts):
+            out = desc.compute_float64(pts) if float64 else desc.compute(pts)
+            return out, out
+        return self._checked(points_bohr, run)
+
+    def compute_dense(self, points_bohr, device="cpu"):
+        """The same as a float32 torch tensor on ``device``, from dense tables of the cluster
+        (:class:`~ase_mlrho.dense_descriptors.DenseDescriptors`); the points should be close together."""
+        from .dense_descriptors import DenseDescriptors
+
+        def run(desc, pts):
+            if self._dense is None or self._dense.ref is not desc:
+                self._dense = DenseDescriptors(desc, device, reach_bohr=self.owner.dense_reach_bohr)
+            out = self._dense.compute(pts)
+            return out, out.max(dim=0).values.double().cpu().numpy()[None, :]  # the check needs column maxima only
+        return self._checked(points_bohr, run)
+
+    def _checked(self, points_bohr, run):
+        """``run(cluster_descriptors, points)`` -> (result, descriptor rows for the radius check),
+        repeated with a larger cluster until the check passes."""
         pts = np.asarray(points_bohr, dtype=np.float64)
         while True:
             if self._desc is None:
@@ -167,9 +188,9 @@ class BlockDescriptors:
                     self.radius_bohr *= 1.5
                     continue
                 self._reach = self.owner._reach(self._desc)
-            out = self._desc.compute_float64(pts) if float64 else self._desc.compute(pts)
-            need = self.owner._needed_radius(out, *self._reach, self.lo_frac, self.hi_frac)
+            result, rows = run(self._desc, pts)
+            need = self.owner._needed_radius(rows, *self._reach, self.lo_frac, self.hi_frac)
             if need <= self.radius_bohr:
-                return out
+                return result
             self.radius_bohr = max(need * 1.05, self.radius_bohr * 1.25)
             self._desc = None

@@ -12,6 +12,9 @@ Usage (needs SPARC, ``ASE_SPARC_COMMAND``; runs one SPARC job at a time)::
         --runs ../shared/data/sparc/al_n=2_T=0_a=4.05 --configs 16x30,24x30,8x60 [--scf] [--json out.jsonl]
     python benchmarks/harris_foulkes_convergence.py --table out.jsonl   # print the table of a finished run
 
+Each run is repeated with the reference run's own k-points, mesh and smearing (read from its SPARC.inpt);
+a third number in a configuration sets NSTATES (more states: fewer passes, each dearer).
+
 Prints a table: run, RHO_TRIGGER, CHEB_DEGREE, |E_HF - E_SCF| (Ha/atom), first SCF error, HF wall, SCF wall.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,18 +30,21 @@ ROOT = Path(__file__).resolve().parent.parent
 from sparc_bridge.snapshots import load_snapshot
 from sparc_bridge.harris_foulkes import harris_foulkes_energy
 from sparc_bridge.inputs import HarrisFoulkesSettings, SparcSettings, write_scf_input
+from sparc_bridge.reference import reference_settings_of_run
 from sparc_bridge.run import parse_run, run_sparc
 
 DEFAULT_RUNS = ("al_n=2_T=0_a=4.05", "al_n=2_T=1575_seed=3")
 DEFAULT_CONFIGS = "16x30,20x30,24x30,8x60,10x50,12x40"
 
 
-def parse_configs(text: str) -> list[tuple[int, int | None]]:
-    """'16x30,8x60,20' -> [(16, 30), (8, 60), (20, None)] (None = SPARC's default CHEB_DEGREE)."""
+def parse_configs(text: str) -> list[tuple[int, int | None, int | None]]:
+    """'16x30,8x60x90,20' -> [(16, 30, None), (8, 60, 90), (20, None, None)]: RHO_TRIGGER, CHEB_DEGREE
+    and NSTATES (None = SPARC's default: CHEB_DEGREE from the mesh, NSTATES from the electron count)."""
     configs = []
     for item in text.split(","):
-        rt, _, cheb = item.strip().partition("x")
-        configs.append((int(rt), int(cheb) if cheb else None))
+        parts = [int(x) if x else None for x in item.strip().split("x")]
+        rt, cheb, nstates = (parts + [None, None])[:3]
+        configs.append((rt, cheb, nstates))
     return configs
 
 
@@ -45,15 +52,17 @@ def measure(run_dir: Path, configs, workdir: Path, scf: bool, command=None, time
     """Yield one record per configuration (and one for a fresh SCF when ``scf``)."""
     snap = load_snapshot(run_dir)
     ref = parse_run(run_dir)
-    settings = SparcSettings(mesh_spacing_bohr=float(snap.provenance["mesh_spacing_bohr"] or 0.25))
+    # the reference run's own k-points, mesh and smearing: the comparison is then like for like
+    settings = reference_settings_of_run(run_dir).sparc_settings(snap.atoms)
     base = {"run": run_dir.name, "natoms": snap.natoms, "e_scf_per_atom_ha": ref.free_energy_per_atom_ha,
             "scf_wall_s": ref.sparc_walltime_s, "scf_iterations": ref.n_scf_iterations}
-    for rho_trigger, cheb in configs:
+    for rho_trigger, cheb, nstates in configs:
         hf = HarrisFoulkesSettings(rho_trigger=rho_trigger, cheb_degree=cheb)
-        directory = workdir / run_dir.name / f"rt{rho_trigger}_cheb{cheb or 'default'}"
-        r = harris_foulkes_energy(snap.atoms, snap.density_e_per_bohr3, snap.grid, settings, directory, hf,
+        run_settings = replace(settings, extra=settings.extra + (("NSTATES", nstates),)) if nstates else settings
+        directory = workdir / run_dir.name / f"rt{rho_trigger}_cheb{cheb or 'default'}_nst{nstates or 'default'}"
+        r = harris_foulkes_energy(snap.atoms, snap.density_e_per_bohr3, snap.grid, run_settings, directory, hf,
                                   command=command, timeout_s=timeout_s)
-        yield dict(base, kind="hf", rho_trigger=rho_trigger, cheb_degree=cheb,
+        yield dict(base, kind="hf", rho_trigger=rho_trigger, cheb_degree=cheb, nstates=nstates,
                    e_hf_per_atom_ha=r.energy_per_atom_ha,
                    error_per_atom_ha=r.energy_per_atom_ha - ref.free_energy_per_atom_ha,
                    first_scf_error=r.first_scf_error, hf_wall_s=r.run.sparc_walltime_s,
@@ -67,8 +76,8 @@ def measure(run_dir: Path, configs, workdir: Path, scf: bool, command=None, time
 
 
 def format_table(records) -> str:
-    lines = ["| run | RHO_TRIGGER | CHEB_DEGREE | E_HF - E_SCF (Ha/atom) | first SCF error | HF wall (s) | "
-             "SCF wall (s), iterations |", "|---|---|---|---|---|---|---|"]
+    lines = ["| run | RHO_TRIGGER | CHEB_DEGREE | NSTATES | E_HF - E_SCF (Ha/atom) | first SCF error | HF wall (s) | "
+             "SCF wall (s), iterations |", "|---|---|---|---|---|---|---|---|"]
     fresh = {r["run"]: r for r in records if r["kind"] == "scf"}
     for r in records:
         if r["kind"] != "hf":
@@ -77,7 +86,7 @@ def format_table(records) -> str:
         scf = f"{r['scf_wall_s']:.0f} ({r['scf_iterations']}, reference run)"
         if f:
             scf += f"; {f['scf_fresh_wall_s']:.0f} ({f['scf_fresh_iterations']}, fresh)"
-        lines.append(f"| {r['run']} | {r['rho_trigger']} | {r['cheb_degree'] or 'default'} | "
+        lines.append(f"| {r['run']} | {r['rho_trigger']} | {r['cheb_degree'] or 'default'} | {r.get('nstates') or 'default'} | "
                      f"{r['error_per_atom_ha']:+.1e} | {r['first_scf_error']:.1e} | {r['hf_wall_s']:.0f} | {scf} |")
     return "\n".join(lines)
 
@@ -85,7 +94,8 @@ def format_table(records) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", nargs="*", default=None, help="SPARC reference run directories")
-    p.add_argument("--configs", default=DEFAULT_CONFIGS, help="RHO_TRIGGERxCHEB_DEGREE list, e.g. 16x30,8x60")
+    p.add_argument("--configs", default=DEFAULT_CONFIGS,
+                   help="RHO_TRIGGERxCHEB_DEGREE[xNSTATES] list, e.g. 16x30,8x60,12x30x90")
     p.add_argument("--workdir", type=Path, default=Path("hf_convergence"))
     p.add_argument("--json", type=Path, default=None, help="append one JSON record per run here")
     p.add_argument("--scf", action="store_true", help="also time a fresh SCF of each cell")

@@ -1,0 +1,204 @@
+"""Descriptors of compact blocks of grid points from dense point-to-atom distance tables, in torch.
+
+The grid is regular, so the atoms that a compact block of points can see are known before any point
+is queried: the atom images within a radius R_sel of the block's centre c. For every point of the
+block this module forms the distances to all of them (a P x C table), takes the M nearest of each
+species with a partial sort (``torch.topk``), gathers the Set II neighbour tables of the M_s nearest
+atoms, and sums Set III over the atoms within the cut-off -- dense tensor work that runs the same on
+a CPU and on a GPU, instead of one k-d tree query per point.
+
+Exactness. The selection holds every image within R_sel - |x - c| of a point x, so a point's
+descriptor is exact when its M-th distance of each species (plus the tie tolerance) and the Set III
+cut-off lie within that radius. The Set II neighbour tables are the per-atom tables of the
+:class:`~ase_mlrho.descriptors.Descriptors` this engine wraps (a whole periodic structure, or the
+cluster of atoms around one block of a very large cell), so they are exact by construction. Points
+that fail the radius check, and points whose M_s + 1 nearest distances are too close to order
+safely in the working precision (Set II orders tied atoms by a rule of its own), are computed by the
+wrapped float64 reference instead; :attr:`DenseDescriptors.fallback_points` counts them. In
+float64 the result equals :meth:`Descriptors.compute_float64` to rounding (~1e-12 Bohr); in float32
+(the default, and the model's input precision) to ~1e-6 relative: positions are taken relative to c
+in float64 before they are cast, so no precision is lost to large cells.
+
+Units: Bohr.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from ase.data import atomic_numbers
+
+from .angular import power_spectrum_tensor
+from .descriptors import _ABSENT_DISTANCE_BOHR, _ON_ATOM_BOHR, TIE_TOLERANCE_BOHR, Descriptors
+
+__all__ = ["DenseDescriptors", "compact_sub_blocks"]
+
+#: distances closer than this (Bohr) cannot be ordered safely in float32: such points take the float64 path
+FLOAT32_TIE_BOHR = 1e-4
+
+
+def compact_sub_blocks(shape, max_points: int):
+    """Cut a box of ``shape`` grid nodes into near-cubic sub-boxes of at most ``max_points`` nodes.
+
+    Yields tuples of three slices. Compact boxes keep the set of atoms they can see small."""
+    shape = tuple(int(n) for n in shape)
+    edge = max(1, int(round(max(1, int(max_points)) ** (1.0 / 3.0))))
+    sub = [min(n, edge) for n in shape]
+    while np.prod(sub) > max_points and max(sub) > 1:
+        i = int(np.argmax(sub))
+        sub[i] -= 1
+    counts = [math.ceil(n / b) for n, b in zip(shape, sub)]
+    for i in range(counts[0]):
+        for j in range(counts[1]):
+            for k in range(counts[2]):
+                yield tuple(slice(c * b, min((c + 1) * b, n)) for c, b, n in zip((i, j, k), sub, shape))
+
+
+class DenseDescriptors:
+    """Set I/II/III descriptors of compact blocks of points, as torch tensors on ``device``.
+
+    Parameters
+    ----------
+    reference : the :class:`~ase_mlrho.descriptors.Descriptors` of the structure (or of a cluster of
+        it); it supplies the atom images, the Set II tables and the float64 fallback.
+    device : torch device for the dense work ("cpu", "cuda", ...).
+    dtype : torch.float32 (default; model input) or torch.float64 (reference checks).
+    reach_bohr : how far beyond a block's own radius to select atoms (default: from the density of
+        atoms of the rarest species, enough for its M nearest; grown when points fall back). Give it
+        for an open cluster cut from a larger crystal, whose own extent says nothing about that.
+    """
+
+    def __init__(self, reference: Descriptors, device="cpu", dtype=torch.float32, reach_bohr: float | None = None):
+        self.ref, self.spec = reference, reference.spec
+        self.device, self.dtype = torch.device(device), dtype
+        self.tie_bohr = FLOAT32_TIE_BOHR if dtype == torch.float32 else TIE_TOLERANCE_BOHR
+        self.fallback_points = 0
+        self.points = 0
+        spec, nb = self.spec, reference._all
+        # reach: how far beyond a block's own radius the selection must extend (grown when too short)
+        volume = abs(np.linalg.det(reference.cell_bohr)) if any(reference.pbc) else None
+        counts = [np.count_nonzero(reference.numbers == atomic_numbers[s]) for s in spec.species]
+        rarest = min((c for c in counts if c), default=1)
+        if volume is not None:
+            r_m = (3.0 * spec.m * volume / (4.0 * math.pi * rarest)) ** (1.0 / 3.0)
+        else:  # an open cluster: its own extent bounds every distance
+            span = np.ptp(nb.positions_bohr, axis=0)
+            r_m = float(np.linalg.norm(span))
+        reach = 1.2 * r_m + 1.5 if reach_bohr is None else float(reach_bohr)
+        if spec.has_angular:
+            reach = max(reach, spec.angular_cutoff_bohr + 1.0)
+        self.reach_bohr = reach
+        self._species_index = np.full(len(reference.numbers), -1, dtype=np.int64)
+        for b, s in enumerate(spec.species):
+            self._species_index[reference.numbers == atomic_numbers[s]] = b
+        self._present = [c > 0 for c in counts]
+        if spec.m_s:
+            self._cand = torch.as_tensor(reference._candidates, dtype=dtype, device=self.device)
+            self._shell = torch.as_tensor(reference._shell, device=self.device).to(dtype)
+        self._centers = torch.as_tensor(np.asarray(spec.angular_centers_bohr), dtype=dtype, device=self.device)
+
+    # ------------------------------------------------------------------ the atoms a block sees
+    def _images_near(self, centre: np.ndarray, radius: float):
+        """Atom images within ``radius`` of ``centre``: positions relative to it (float64), atom index."""
+        nb = self.ref._all
+        if nb._tree is None or (nb.halo_radius_bohr < radius and any(nb.pbc)):
+            nb._build_halo(max(radius, nb.halo_radius_bohr * 1.25))
+        idx = np.asarray(nb._tree.query_ball_point(centre, radius), dtype=np.int64)
+        return nb._halo_pos[idx] - centre, nb._halo_atom[idx]
+
+    # ------------------------------------------------------------------ descriptors
+    def compute(self, points_bohr) -> torch.Tensor:
+        """(P, n_features) descriptors of the points (Bohr; inside the cell, close together)."""
+        pts = np.asarray(points_bohr, dtype=np.float64)
+        p = len(pts)
+        self.points += p
+        if p == 0:
+            return torch.zeros((0, self.spec.n_features), dtype=self.dtype, device=self.device)
+        if any(self.ref.pbc):
+            pts = self.ref._all.wrap(pts)
+        centre = pts.mean(axis=0)
+        rel = pts - centre
+        r_block = float(np.sqrt(np.max(np.einsum("pd,pd->p", rel, rel))))
+        radius = r_block + self.reach_bohr
+        img_rel, img_atom = self._images_near(centre, radius)
+        x = torch.as_tensor(rel, dtype=self.dtype, device=self.device)
+        # room left around each point inside the selection sphere
+        room = torch.as_tensor(radius - np.sqrt(np.einsum("pd,pd->p", rel, rel)), dtype=self.dtype, device=self.device)
+        out = torch.empty((p, self.spec.n_features), dtype=self.dtype, device=self.device)
+        bad = torch.zeros(p, dtype=torch.bool, device=self.device)
+        spec = self.spec
+        species_of = self._species_index[img_atom]
+        for b in range(len(spec.species)):
+            o = b * spec.n_per_species
+            if not self._present[b]:
+                out[:, o:o + spec.m] = _ABSENT_DISTANCE_BOHR
+                out[:, o + spec.m:o + spec.n_per_species] = 0.0
+                continue
+            sel = np.flatnonzero(species_of == b)
+            bad |= self._species_block(x, room, img_rel[sel], img_atom[sel], out[:, o:o + spec.n_per_species])
+        n_bad = int(bad.sum())
+        if n_bad:
+            # too far out, or too close to a tie: the float64 reference decides
+            if n_bad > 0.01 * p:
+                self.reach_bohr *= 1.15  # the next blocks select more atoms
+            idx = torch.nonzero(bad).flatten().cpu().numpy()
+            exact = self.ref.compute_float64(pts[idx])
+            out[torch.as_tensor(idx, device=self.device)] = torch.as_tensor(exact, dtype=self.dtype, device=self.device)
+            self.fallback_points += n_bad
+        return out
+
+    def _species_block(self, x, room, img_rel, img_atom, out) -> torch.Tensor:
+        """Fill one species' columns of ``out``; return the mask of points the dense route cannot vouch for."""
+        spec = self.spec
+        p, c = x.shape[0], len(img_atom)
+        if c < spec.m:
+            return torch.ones(p, dtype=torch.bool, device=self.device)
+        atoms = torch.as_tensor(img_rel, dtype=self.dtype, device=self.device)
+        disp = atoms.unsqueeze(0) - x.unsqueeze(1)  # (P, C, 3): point -> image
+        dist = torch.sqrt(torch.sum(disp * disp, dim=-1))
+        k_take = spec.m
+        if spec.has_angular:
+            k_in = int(torch.max(torch.sum(dist < spec.angular_cutoff_bohr, dim=1)))
+            k_take = max(k_take, k_in)
+        k_take = min(k_take, c)
+        d_sorted, order = torch.topk(dist, k_take, dim=1, largest=False, sorted=True)
+        bad = d_sorted[:, spec.m - 1] + TIE_TOLERANCE_BOHR > room
+        if spec.has_angular:
+            bad |= room < spec.angular_cutoff_bohr
+        out[:, :spec.m] = d_sorted[:, :spec.m]
+        o2 = spec.m + spec.m_s * spec.k
+        if spec.m_s:
+            upto = min(spec.m, spec.m_s + 1)
+            if upto > 1:
+                bad |= torch.any(torch.diff(d_sorted[:, :upto], dim=1) <= self.tie_bohr, dim=1)
+            near = order[:, :spec.m_s]
+            d_i = torch.gather(disp, 1, near.unsqueeze(-1).expand(-1, -1, 3))  # (P, Ms, 3)
+            atom_idx = torch.as_tensor(img_atom, device=self.device)[near]  # (P, Ms)
+            out[:, spec.m:o2] = self._set2(d_i, atom_idx).reshape(p, -1)
+        if spec.has_angular:
+            v = torch.gather(disp, 1, order.unsqueeze(-1).expand(-1, -1, 3))
+            out[:, o2:o2 + spec.n_angular] = power_spectrum_tensor(
+                d_sorted, v, self._centers, spec.angular_width_bohr, spec.angular_cutoff_bohr, spec.angular_l_max)
+        return bad
+
+    def _set2(self, d_i, atoms):
+        """(P, M_s, k) Set II cosines, as :meth:`Descriptors._set2` (the same selection rule among ties)."""
+        k = self.spec.k
+        cand = self._cand[atoms]  # (P, Ms, C, 3)
+        d_j = d_i.unsqueeze(2) + cand
+        num = torch.sum(d_i.unsqueeze(2) * d_j, dim=-1)
+        norm_i = torch.sqrt(torch.sum(d_i * d_i, dim=-1))
+        norm_j = torch.sqrt(torch.sum(d_j * d_j, dim=-1))
+        cos = num / (norm_i.unsqueeze(-1) * norm_j)
+        on_atom = (norm_i.unsqueeze(-1) < _ON_ATOM_BOHR) | (norm_j < _ON_ATOM_BOHR)
+        cos = torch.where(on_atom, torch.ones_like(cos), torch.clamp(cos, -1.0, 1.0))
+        if cand.shape[2] > k:
+            padded = torch.isnan(cand[..., 0])
+            cos = torch.where(padded, torch.full_like(cos, -math.inf), cos)
+            key = self._shell[atoms] * 4.0 - cos  # nearest shell first, then the largest cosines
+            key = torch.where(padded, torch.full_like(key, math.inf), key)
+            _, pick = torch.topk(key, k, dim=-1, largest=False)
+            cos = torch.gather(cos, -1, pick)
+        return torch.sort(cos, dim=-1, descending=True).values
