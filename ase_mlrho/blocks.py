@@ -31,6 +31,9 @@ DEFAULT_CHUNK_POINTS = 2 ** 18
 DEFAULT_BATCH_POINTS = 2 ** 12
 #: default points per model call on an accelerator (dense tables of 2^16 points: ~1 GB of work arrays)
 DEFAULT_DEVICE_BATCH_POINTS = 2 ** 16
+#: grid nodes per compact sub-block of the device path (8^3: each sees ~80 atoms of a metal at 0.25 Bohr);
+#: ``batch_points`` of them go through the descriptors and the network together
+DENSE_SUB_BLOCK_POINTS = 512
 #: columns of the per-block statistics (all extensive sums except the max)
 STAT_COLUMNS = ("points", "sum_raw", "sum_clipped", "sum_sigma_total", "max_sigma_total", "n_ood")
 
@@ -326,13 +329,20 @@ def _predict_block_dense(ctx: Context, index: int) -> Block:
     dev = torch.device(job.device)
     mean, ale, epi = (torch.empty(shape, dtype=torch.float64, device=dev) for _ in range(3))
     source = ctx.block_source(index)
-    for sub in compact_sub_blocks(shape, job.batch_points):
-        grid_box = tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, sub))
-        pts = ctx.grid.points_bohr_at(box_flat_indices(job.grid_shape, grid_box))
-        d = ctx.dense.compute(pts) if ctx.dense is not None else source.compute_dense(pts, dev)
+    subs = list(compact_sub_blocks(shape, DENSE_SUB_BLOCK_POINTS))
+    per_call = max(1, job.batch_points // DENSE_SUB_BLOCK_POINTS)
+    for g in range(0, len(subs), per_call):
+        group = subs[g:g + per_call]
+        pts = [ctx.grid.points_bohr_at(box_flat_indices(job.grid_shape, tuple(
+            slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, sub)))) for sub in group]
+        d = ctx.dense.compute_blocks(pts) if ctx.dense is not None else source.compute_dense(pts, dev)
         m, a, e = ctx.predictor.predict(d)
-        sub_shape = tuple(s.stop - s.start for s in sub)
-        mean[sub], ale[sub], epi[sub] = m.view(sub_shape), a.view(sub_shape), e.view(sub_shape)
+        start = 0
+        for sub, p in zip(group, pts):
+            sub_shape = tuple(s.stop - s.start for s in sub)
+            sl = slice(start, start + len(p))
+            mean[sub], ale[sub], epi[sub] = m[sl].view(sub_shape), a[sl].view(sub_shape), e[sl].view(sub_shape)
+            start += len(p)
     sig_total = torch.sqrt(ale * ale + epi * epi)
     thr = job.ood_threshold_e_per_bohr3
     n_ood = 0 if thr is None else int(torch.count_nonzero(epi > thr))

@@ -111,76 +111,102 @@ class DenseDescriptors:
     # ------------------------------------------------------------------ descriptors
     def compute(self, points_bohr) -> torch.Tensor:
         """(P, n_features) descriptors of the points (Bohr; inside the cell, close together)."""
-        pts = np.asarray(points_bohr, dtype=np.float64)
-        p = len(pts)
-        self.points += p
-        if p == 0:
-            return torch.zeros((0, self.spec.n_features), dtype=self.dtype, device=self.device)
-        if any(self.ref.pbc):
-            pts = self.ref._all.wrap(pts)
-        centre = pts.mean(axis=0)
-        rel = pts - centre
-        r_block = float(np.sqrt(np.max(np.einsum("pd,pd->p", rel, rel))))
-        radius = r_block + self.reach_bohr
-        img_rel, img_atom = self._images_near(centre, radius)
-        x = torch.as_tensor(rel, dtype=self.dtype, device=self.device)
-        # room left around each point inside the selection sphere
-        room = torch.as_tensor(radius - np.sqrt(np.einsum("pd,pd->p", rel, rel)), dtype=self.dtype, device=self.device)
-        out = torch.empty((p, self.spec.n_features), dtype=self.dtype, device=self.device)
-        bad = torch.zeros(p, dtype=torch.bool, device=self.device)
-        spec = self.spec
-        species_of = self._species_index[img_atom]
+        return self.compute_blocks([points_bohr])
+
+    def compute_blocks(self, blocks) -> torch.Tensor:
+        """Descriptors of several compact blocks of points at once (one batched tensor computation,
+        padded to the largest block and the largest atom selection), rows in the order given."""
+        blocks = [np.asarray(b, dtype=np.float64).reshape(-1, 3) for b in blocks]
+        sizes = [len(b) for b in blocks]
+        total = int(sum(sizes))
+        self.points += total
+        spec, dev, dt = self.spec, self.device, self.dtype
+        if total == 0:
+            return torch.zeros((0, spec.n_features), dtype=dt, device=dev)
+        n_b, p_max = len(blocks), max(sizes)
+        rel = np.zeros((n_b, p_max, 3))
+        room = np.full((n_b, p_max), -1.0)  # padding rows: no room, never trusted, never returned
+        selections = []
+        for i, pts in enumerate(blocks):
+            if not len(pts):
+                selections.append((np.zeros((0, 3)), np.zeros(0, dtype=np.int64)))
+                continue
+            if any(self.ref.pbc):
+                pts = blocks[i] = self.ref._all.wrap(pts)
+            centre = pts.mean(axis=0)
+            r = pts - centre
+            r_pts = np.sqrt(np.einsum("pd,pd->p", r, r))
+            radius = float(r_pts.max()) + self.reach_bohr
+            rel[i, :len(pts)] = r
+            room[i, :len(pts)] = radius - r_pts
+            selections.append(self._images_near(centre, radius))
+        x = torch.as_tensor(rel, dtype=dt, device=dev)
+        room_t = torch.as_tensor(room, dtype=dt, device=dev)
+        out = torch.empty((n_b, p_max, spec.n_features), dtype=dt, device=dev)
+        bad = torch.zeros((n_b, p_max), dtype=torch.bool, device=dev)
         for b in range(len(spec.species)):
             o = b * spec.n_per_species
             if not self._present[b]:
-                out[:, o:o + spec.m] = _ABSENT_DISTANCE_BOHR
-                out[:, o + spec.m:o + spec.n_per_species] = 0.0
+                out[..., o:o + spec.m] = _ABSENT_DISTANCE_BOHR
+                out[..., o + spec.m:o + spec.n_per_species] = 0.0
                 continue
-            sel = np.flatnonzero(species_of == b)
-            bad |= self._species_block(x, room, img_rel[sel], img_atom[sel], out[:, o:o + spec.n_per_species])
+            picked = [(r[self._species_index[a] == b], a[self._species_index[a] == b]) for r, a in selections]
+            bad |= self._species_block(x, room_t, picked, out[..., o:o + spec.n_per_species])
+        keep = torch.as_tensor(np.concatenate([np.arange(n) + i * p_max for i, n in enumerate(sizes)]), device=dev)
+        out = out.reshape(n_b * p_max, -1)[keep]
+        bad = bad.reshape(-1)[keep]
         n_bad = int(bad.sum())
         if n_bad:
             # too far out, or too close to a tie: the float64 reference decides
-            if n_bad > 0.01 * p:
+            if n_bad > 0.01 * total:
                 self.reach_bohr *= 1.15  # the next blocks select more atoms
             idx = torch.nonzero(bad).flatten().cpu().numpy()
-            exact = self.ref.compute_float64(pts[idx])
-            out[torch.as_tensor(idx, device=self.device)] = torch.as_tensor(exact, dtype=self.dtype, device=self.device)
+            exact = self.ref.compute_float64(np.concatenate(blocks)[idx])
+            out[torch.as_tensor(idx, device=dev)] = torch.as_tensor(exact, dtype=dt, device=dev)
             self.fallback_points += n_bad
         return out
 
-    def _species_block(self, x, room, img_rel, img_atom, out) -> torch.Tensor:
-        """Fill one species' columns of ``out``; return the mask of points the dense route cannot vouch for."""
-        spec = self.spec
-        p, c = x.shape[0], len(img_atom)
+    def _species_block(self, x, room, picked, out) -> torch.Tensor:
+        """Fill one species' columns of ``out`` (B, P, n_per_species) from the atoms ``picked`` for
+        each block; return the (B, P) mask of points the dense route cannot vouch for."""
+        spec, dev, dt = self.spec, self.device, self.dtype
+        n_b, p = x.shape[0], x.shape[1]
+        c = max(len(a) for _, a in picked)
         if c < spec.m:
-            return torch.ones(p, dtype=torch.bool, device=self.device)
-        atoms = torch.as_tensor(img_rel, dtype=self.dtype, device=self.device)
-        disp = atoms.unsqueeze(0) - x.unsqueeze(1)  # (P, C, 3): point -> image
+            return torch.ones((n_b, p), dtype=torch.bool, device=dev)
+        # atoms padded far away: never among a point's trusted nearest
+        img = np.full((n_b, c, 3), 1e6)
+        idx = np.zeros((n_b, c), dtype=np.int64)
+        for i, (r, a) in enumerate(picked):
+            img[i, :len(a)], idx[i, :len(a)] = r, a
+        atoms = torch.as_tensor(img, dtype=dt, device=dev)
+        disp = atoms.unsqueeze(1) - x.unsqueeze(2)  # (B, P, C, 3): point -> image
         dist = torch.sqrt(torch.sum(disp * disp, dim=-1))
         k_take = spec.m
         if spec.has_angular:
-            k_in = int(torch.max(torch.sum(dist < spec.angular_cutoff_bohr, dim=1)))
-            k_take = max(k_take, k_in)
+            k_take = max(k_take, int(torch.max(torch.sum(dist < spec.angular_cutoff_bohr, dim=-1))))
         k_take = min(k_take, c)
-        d_sorted, order = torch.topk(dist, k_take, dim=1, largest=False, sorted=True)
-        bad = d_sorted[:, spec.m - 1] + TIE_TOLERANCE_BOHR > room
+        d_sorted, order = torch.topk(dist, k_take, dim=-1, largest=False, sorted=True)  # (B, P, K)
+        bad = d_sorted[..., spec.m - 1] + TIE_TOLERANCE_BOHR > room
         if spec.has_angular:
             bad |= room < spec.angular_cutoff_bohr
-        out[:, :spec.m] = d_sorted[:, :spec.m]
+        out[..., :spec.m] = d_sorted[..., :spec.m]
         o2 = spec.m + spec.m_s * spec.k
+        flat = n_b * p
         if spec.m_s:
             upto = min(spec.m, spec.m_s + 1)
             if upto > 1:
-                bad |= torch.any(torch.diff(d_sorted[:, :upto], dim=1) <= self.tie_bohr, dim=1)
-            near = order[:, :spec.m_s]
-            d_i = torch.gather(disp, 1, near.unsqueeze(-1).expand(-1, -1, 3))  # (P, Ms, 3)
-            atom_idx = torch.as_tensor(img_atom, device=self.device)[near]  # (P, Ms)
-            out[:, spec.m:o2] = self._set2(d_i, atom_idx).reshape(p, -1)
+                bad |= torch.any(torch.diff(d_sorted[..., :upto], dim=-1) <= self.tie_bohr, dim=-1)
+            near = order[..., :spec.m_s]
+            d_i = torch.gather(disp, 2, near.unsqueeze(-1).expand(-1, -1, -1, 3))  # (B, P, Ms, 3)
+            atom_idx = torch.gather(torch.as_tensor(idx, device=dev).unsqueeze(1).expand(-1, p, -1), 2, near)
+            out[..., spec.m:o2] = self._set2(d_i.reshape(flat, spec.m_s, 3),
+                                              atom_idx.reshape(flat, spec.m_s)).reshape(n_b, p, -1)
         if spec.has_angular:
-            v = torch.gather(disp, 1, order.unsqueeze(-1).expand(-1, -1, 3))
-            out[:, o2:o2 + spec.n_angular] = power_spectrum_tensor(
-                d_sorted, v, self._centers, spec.angular_width_bohr, spec.angular_cutoff_bohr, spec.angular_l_max)
+            v = torch.gather(disp, 2, order.unsqueeze(-1).expand(-1, -1, -1, 3))
+            out[..., o2:o2 + spec.n_angular] = power_spectrum_tensor(
+                d_sorted.reshape(flat, -1), v.reshape(flat, -1, 3), self._centers, spec.angular_width_bohr,
+                spec.angular_cutoff_bohr, spec.angular_l_max).reshape(n_b, p, -1)
         return bad
 
     def _set2(self, d_i, atoms):

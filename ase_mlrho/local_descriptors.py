@@ -165,22 +165,22 @@ class BlockDescriptors:
             return out, out
         return self._checked(points_bohr, run)
 
-    def compute_dense(self, points_bohr, device="cpu"):
-        """The same as a float32 torch tensor on ``device``, from dense tables of the cluster
-        (:class:`~ase_mlrho.dense_descriptors.DenseDescriptors`); the points should be close together."""
+    def compute_dense(self, blocks, device="cpu"):
+        """The same for a list of compact groups of points, as one float32 torch tensor on ``device``
+        (rows in order), from dense tables of the cluster (:class:`~ase_mlrho.dense_descriptors.DenseDescriptors`)."""
         from .dense_descriptors import DenseDescriptors
 
         def run(desc, pts):
             if self._dense is None or self._dense.ref is not desc:
                 self._dense = DenseDescriptors(desc, device, reach_bohr=self.owner.dense_reach_bohr)
-            out = self._dense.compute(pts)
+            out = self._dense.compute_blocks(pts)
             return out, out.max(dim=0).values.double().cpu().numpy()[None, :]  # the check needs column maxima only
-        return self._checked(points_bohr, run)
+        return self._checked(blocks, run)
 
     def _checked(self, points_bohr, run):
         """``run(cluster_descriptors, points)`` -> (result, descriptor rows for the radius check),
         repeated with a larger cluster until the check passes."""
-        pts = np.asarray(points_bohr, dtype=np.float64)
+        pts = points_bohr if isinstance(points_bohr, list) else np.asarray(points_bohr, dtype=np.float64)
         while True:
             if self._desc is None:
                 self._desc = self.owner._cluster_descriptors(self.lo_frac, self.hi_frac, self.radius_bohr)

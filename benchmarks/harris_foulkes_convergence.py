@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from sparc_bridge.snapshots import load_snapshot
 from sparc_bridge.harris_foulkes import harris_foulkes_energy
-from sparc_bridge.inputs import HarrisFoulkesSettings, SparcSettings, write_scf_input
+from sparc_bridge.inputs import HarrisFoulkesSettings, write_scf_input
 from sparc_bridge.reference import reference_settings_of_run
 from sparc_bridge.run import parse_run, run_sparc
 

@@ -163,3 +163,13 @@ def test_device_path_with_per_block_tables_equals_structure_tables():
               for t in ("structure", "block")]
     np.testing.assert_allclose(fields[1].density, fields[0].density, rtol=1e-6)
     np.testing.assert_allclose(fields[1].sigma_epistemic, fields[0].sigma_epistemic, rtol=1e-4)
+
+
+def test_batched_blocks_of_unequal_size_keep_their_rows():
+    spec = load_model("al-pbe").spec
+    atoms = _al_vacancy_cell()
+    ref = Descriptors.from_atoms(spec, atoms)
+    grid = Grid.from_atoms(atoms, 0.25)
+    blocks = [_compact_points(grid, c, e) for c, e in (((0, 0, 0), 8), ((60, 28, 28), 5), ((30, 10, 3), 7))]
+    got = DenseDescriptors(ref, dtype=torch.float64).compute_blocks(blocks).numpy()
+    np.testing.assert_allclose(got, ref.compute_float64(np.concatenate(blocks)), rtol=0, atol=1e-10)
