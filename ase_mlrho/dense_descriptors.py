@@ -100,13 +100,17 @@ class DenseDescriptors:
         self._centers = torch.as_tensor(np.asarray(spec.angular_centers_bohr), dtype=dtype, device=self.device)
 
     # ------------------------------------------------------------------ the atoms a block sees
-    def _images_near(self, centre: np.ndarray, radius: float):
-        """Atom images within ``radius`` of ``centre``: positions relative to it (float64), atom index."""
+    def _images_near(self, centres: np.ndarray, radii: np.ndarray):
+        """Atom images within ``radii[b]`` of ``centres[b]``, for every block b at once (one k-d tree
+        call): flat arrays of block number, halo image index, in block order."""
         nb = self.ref._all
-        if nb._tree is None or (nb.halo_radius_bohr < radius and any(nb.pbc)):
-            nb._build_halo(max(radius, nb.halo_radius_bohr * 1.25))
-        idx = np.asarray(nb._tree.query_ball_point(centre, radius), dtype=np.int64)
-        return nb._halo_pos[idx] - centre, nb._halo_atom[idx]
+        r_max = float(np.max(radii))
+        if nb._tree is None or (nb.halo_radius_bohr < r_max and any(nb.pbc)):
+            nb._build_halo(max(r_max, nb.halo_radius_bohr * 1.25))
+        lists = nb._tree.query_ball_point(centres, radii, return_sorted=False)
+        counts = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+        image = np.concatenate([np.asarray(x, dtype=np.int64) for x in lists]) if counts.sum() else np.zeros(0, np.int64)
+        return np.repeat(np.arange(len(lists)), counts), image
 
     # ------------------------------------------------------------------ descriptors
     def compute(self, points_bohr) -> torch.Tensor:
@@ -117,29 +121,36 @@ class DenseDescriptors:
         """Descriptors of several compact blocks of points at once (one batched tensor computation,
         padded to the largest block and the largest atom selection), rows in the order given."""
         blocks = [np.asarray(b, dtype=np.float64).reshape(-1, 3) for b in blocks]
-        sizes = [len(b) for b in blocks]
-        total = int(sum(sizes))
-        self.points += total
+        blocks = [b for b in blocks if len(b)]
         spec, dev, dt = self.spec, self.device, self.dtype
-        if total == 0:
+        if not blocks:
             return torch.zeros((0, spec.n_features), dtype=dt, device=dev)
-        n_b, p_max = len(blocks), max(sizes)
+        sizes = np.array([len(b) for b in blocks])
+        total = int(sizes.sum())
+        self.points += total
+        n_b, p_max = len(blocks), int(sizes.max())
+        pts = np.concatenate(blocks)
+        if any(self.ref.pbc):
+            pts = self.ref._all.wrap(pts)
+        owner = np.repeat(np.arange(n_b), sizes)
+        slot = np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # row within its block
+        centres = np.zeros((n_b, 3))
+        np.add.at(centres, owner, pts)
+        centres /= sizes[:, None]
+        rel_flat = pts - centres[owner]
+        r_pts = np.sqrt(np.einsum("pd,pd->p", rel_flat, rel_flat))
+        radii = np.zeros(n_b)
+        np.maximum.at(radii, owner, r_pts)
+        radii += self.reach_bohr
         rel = np.zeros((n_b, p_max, 3))
         room = np.full((n_b, p_max), -1.0)  # padding rows: no room, never trusted, never returned
-        selections = []
-        for i, pts in enumerate(blocks):
-            if not len(pts):
-                selections.append((np.zeros((0, 3)), np.zeros(0, dtype=np.int64)))
-                continue
-            if any(self.ref.pbc):
-                pts = blocks[i] = self.ref._all.wrap(pts)
-            centre = pts.mean(axis=0)
-            r = pts - centre
-            r_pts = np.sqrt(np.einsum("pd,pd->p", r, r))
-            radius = float(r_pts.max()) + self.reach_bohr
-            rel[i, :len(pts)] = r
-            room[i, :len(pts)] = radius - r_pts
-            selections.append(self._images_near(centre, radius))
+        rel[owner, slot] = rel_flat
+        room[owner, slot] = radii[owner] - r_pts
+        sel_block, sel_image = self._images_near(centres, radii)
+        nb = self.ref._all
+        sel_atom = nb._halo_atom[sel_image]
+        sel_rel = nb._halo_pos[sel_image] - centres[sel_block]
+        sel_species = self._species_index[sel_atom]
         x = torch.as_tensor(rel, dtype=dt, device=dev)
         room_t = torch.as_tensor(room, dtype=dt, device=dev)
         out = torch.empty((n_b, p_max, spec.n_features), dtype=dt, device=dev)
@@ -150,9 +161,10 @@ class DenseDescriptors:
                 out[..., o:o + spec.m] = _ABSENT_DISTANCE_BOHR
                 out[..., o + spec.m:o + spec.n_per_species] = 0.0
                 continue
-            picked = [(r[self._species_index[a] == b], a[self._species_index[a] == b]) for r, a in selections]
-            bad |= self._species_block(x, room_t, picked, out[..., o:o + spec.n_per_species])
-        keep = torch.as_tensor(np.concatenate([np.arange(n) + i * p_max for i, n in enumerate(sizes)]), device=dev)
+            mine = sel_species == b
+            bad |= self._species_block(x, room_t, n_b, sel_block[mine], sel_rel[mine], sel_atom[mine],
+                                       out[..., o:o + spec.n_per_species])
+        keep = torch.as_tensor(owner * p_max + slot, device=dev)
         out = out.reshape(n_b * p_max, -1)[keep]
         bad = bad.reshape(-1)[keep]
         n_bad = int(bad.sum())
@@ -161,24 +173,27 @@ class DenseDescriptors:
             if n_bad > 0.01 * total:
                 self.reach_bohr *= 1.15  # the next blocks select more atoms
             idx = torch.nonzero(bad).flatten().cpu().numpy()
-            exact = self.ref.compute_float64(np.concatenate(blocks)[idx])
+            exact = self.ref.compute_float64(pts[idx])
             out[torch.as_tensor(idx, device=dev)] = torch.as_tensor(exact, dtype=dt, device=dev)
             self.fallback_points += n_bad
         return out
 
-    def _species_block(self, x, room, picked, out) -> torch.Tensor:
-        """Fill one species' columns of ``out`` (B, P, n_per_species) from the atoms ``picked`` for
-        each block; return the (B, P) mask of points the dense route cannot vouch for."""
+    def _species_block(self, x, room, n_b, sel_block, sel_rel, sel_atom, out) -> torch.Tensor:
+        """Fill one species' columns of ``out`` (B, P, n_per_species) from its selected images
+        (flat arrays in block order: block number, position relative to the block centre, atom);
+        return the (B, P) mask of points the dense route cannot vouch for."""
         spec, dev, dt = self.spec, self.device, self.dtype
-        n_b, p = x.shape[0], x.shape[1]
-        c = max(len(a) for _, a in picked)
+        p = x.shape[1]
+        counts = np.bincount(sel_block, minlength=n_b)
+        c = int(counts.max(initial=0))
         if c < spec.m:
             return torch.ones((n_b, p), dtype=torch.bool, device=dev)
-        # atoms padded far away: never among a point's trusted nearest
+        # images padded far away: never among a point's trusted nearest
+        column = np.arange(len(sel_block)) - np.repeat(np.cumsum(counts) - counts, counts)
         img = np.full((n_b, c, 3), 1e6)
         idx = np.zeros((n_b, c), dtype=np.int64)
-        for i, (r, a) in enumerate(picked):
-            img[i, :len(a)], idx[i, :len(a)] = r, a
+        img[sel_block, column] = sel_rel
+        idx[sel_block, column] = sel_atom
         atoms = torch.as_tensor(img, dtype=dt, device=dev)
         disp = atoms.unsqueeze(1) - x.unsqueeze(2)  # (B, P, C, 3): point -> image
         dist = torch.sqrt(torch.sum(disp * disp, dim=-1))
