@@ -320,6 +320,19 @@ def test_warmstart_json(fake_sparc, toy_model, al4_dir, tmp_path, capsys):
     assert (workdir / REPORT).is_file()
 
 
+def test_warmstart_default_side_from_the_reference_run(fake_sparc, toy_model, al4_dir, al4_xyz, tmp_path, capsys):
+    """The reference run's own SCF (15 iterations, in the fixture's SPARC.out) stands for the default guess."""
+    workdir = tmp_path / "w"
+    assert main(["warmstart", str(al4_dir), "-m", toy_model, "--workdir", str(workdir), "--json",
+                 "--default-from-reference"]) == 0
+    r = _json(capsys)
+    assert r["default_iterations"] == 15 and r["warm_iterations"] == FAKE_WARM_ITERATIONS
+    assert r["default_side"] == "the reference run"
+    assert not (workdir / "default").exists()
+    assert main(["warmstart", al4_xyz, "-m", toy_model, "--default-from-reference"]) == 2
+    assert "needs a SPARC run directory" in capsys.readouterr().err
+
+
 # ============================================================================ with SPARC (4-atom cell)
 @pytest.mark.sparc
 def test_energy_end_to_end_with_sparc(sparc_command, toy_model, al4_dir, tmp_path, capsys, monkeypatch):

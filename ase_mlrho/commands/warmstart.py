@@ -33,7 +33,16 @@ def register(subparsers) -> None:
     common.add_common_options(p, "comparison")
     p.add_argument("--rho-trigger", type=int, default=DEFAULT_RHO_TRIGGER,
                    help=f"CheFSI passes of the warm start's first iteration (default {DEFAULT_RHO_TRIGGER})")
+    p.add_argument("--default-from-reference", action="store_true",
+                   help="when STRUCTURE_OR_DIR is a finished SPARC run computed with the model's settings from "
+                        "SPARC's default guess, take its SCF as the default side instead of running it again")
     p.set_defaults(func=run)
+
+
+def inp_is_run_dir(path) -> bool:
+    from pathlib import Path
+
+    return Path(path).is_dir()
 
 
 def run(args) -> int:
@@ -45,9 +54,19 @@ def run(args) -> int:
     try:
         if args.rho_trigger < 1:
             raise ValueError(f"--rho-trigger must be >= 1, got {args.rho_trigger}")
-        command, inp, model, provider_settings, workdir = common.prepare_run(args, name)
+        def check(model):
+            if args.default_from_reference and not inp_is_run_dir(args.structure):
+                raise ValueError("--default-from-reference needs a SPARC run directory as input")
+        command, inp, model, provider_settings, workdir = common.prepare_run(args, name, check)
     except (common.CommandError, ValueError) as exc:
         return common.fail(name, exc)
+    default_run = None
+    if args.default_from_reference:
+        from sparc_bridge.run import parse_run
+
+        default_run = parse_run(inp.source)
+        if not default_run.scf_converged:
+            return common.fail(name, ValueError(f"{inp.source}: the reference SCF did not converge"))
 
     settings = sparc_settings_for_model(model, atoms=inp.atoms)
     t0 = time.perf_counter()
@@ -55,7 +74,7 @@ def run(args) -> int:
         grid, density, uncertainty = MLDensityProvider(model, *provider_settings)(inp.atoms)
         t_pred = time.perf_counter() - t0
         cmp = warm_start_comparison(inp.atoms, density, grid, settings, workdir, command, args.timeout,
-                                    rho_trigger=args.rho_trigger)
+                                    rho_trigger=args.rho_trigger, default_run=default_run)
     except (SparcRunError, GridMismatchError, ValueError) as exc:
         return common.run_failed(name, exc)
     except SparcNotFoundError as exc:
@@ -79,6 +98,7 @@ def run(args) -> int:
         "default_converged": cmp.default.scf_converged,
         "energy_scf_reference_ha_per_atom": inp.scf_energy_ha_per_atom,
         "rho_trigger": int(args.rho_trigger),
+        "default_side": "the reference run" if default_run is not None else "run here",
         "predict_seconds": t_pred,
         "seconds": seconds,
         "uncertainty": uncertainty,
