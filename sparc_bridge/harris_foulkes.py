@@ -364,18 +364,21 @@ class ScreeningCalibration:
 
 
 def calibrate_screening(model, run_dirs, directory, hf: HarrisFoulkesSettings = HarrisFoulkesSettings(),
-                        command: str | None = None, timeout_s: float | None = None, log=None) -> ScreeningCalibration:
+                        command: str | None = None, timeout_s: float | None = None, log=None,
+                        method: str | None = None) -> ScreeningCalibration:
     """Fit a material's screening model on SPARC reference runs (use training or validation cells,
     never test cells): for each run, predict the density with ``model``, take one Harris-Foulkes
     diagonalisation that also prints rho_out (in ``directory/<run name>``), and fit eps(q) to
-    rho_out - rho_in = -eps (rho_in - rho_SCF) (:func:`sparc_bridge.screening.fit_screening`)."""
+    rho_out - rho_in = -eps (rho_in - rho_SCF) (:func:`sparc_bridge.screening.fit_screening`).
+    ``method``: the second-order method the fitted model applies (None: the model's present one, else
+    long-wavelength); the in-sample corrected errors are computed with it."""
     from .snapshots import load_snapshot
     from ase_mlrho.inference import predict_field
 
     from .ml_provider import model_reference_settings, sparc_settings_for_model
     from .reference import check_reference_run
     from .run import parse_run
-    from .screening import correction_of, fit_screening_residuals, long_wavelength_components, long_wavelength_residual
+    from .screening import fit_screening_residuals, long_wavelength_components, long_wavelength_residual
 
     log = log or (lambda msg: None)
     hf = replace(hf, print_output_density=True)
@@ -394,12 +397,17 @@ def calibrate_screening(model, run_dirs, directory, hf: HarrisFoulkesSettings = 
         _, delta_g = long_wavelength_components(rho_in - snap.density_e_per_bohr3, snap.grid.cell_bohr,
                                                 residual.q_cut_per_bohr)
         error_hf = result.energy_per_atom_ha - parse_run(run_dir).free_energy_per_atom_ha
-        runs.append((run_dir.name, snap.natoms, error_hf, residual, delta_g))
+        runs.append((run_dir.name, snap.natoms, error_hf, residual, delta_g, rho_in, rho_out, snap.grid.cell_bohr))
         log(f"{run_dir.name}: HF - SCF {error_hf:+.3e} Ha/atom")
     names = ", ".join(r[0] for r in runs)
-    screening = fit_screening_residuals([(residual, delta_g) for *_, residual, delta_g in runs],
+    screening = fit_screening_residuals([(r[3], r[4]) for r in runs],
                                         source=f"fit_screening on {len(runs)} cells: {names}")
+    if method is None:
+        present = ScreeningModel.from_metadata(model.metadata)
+        method = present.method if present is not None else "long-wavelength"
+    screening = replace(screening, method=method)
     cells = [{"run": name, "error_hf_ha_per_atom": error_hf,
-              "error_corrected_ha_per_atom": error_hf + correction_of(residual, screening).correction_ha / natoms}
-             for name, natoms, error_hf, residual, _ in runs]
+              "error_corrected_ha_per_atom": error_hf + second_order_correction(
+                  rho_in, rho_out, cell, screening).correction_ha / natoms}
+             for name, natoms, error_hf, _, _, rho_in, rho_out, cell in runs]
     return ScreeningCalibration(screening, tuple(cells))

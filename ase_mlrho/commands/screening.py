@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     p.add_argument("--rho-trigger", type=int, default=DEFAULT_RHO_TRIGGER,
                    help=f"CheFSI passes of each diagonalisation (default {DEFAULT_RHO_TRIGGER})")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="time limit of each SPARC run")
+    p.add_argument("--method", choices=("long-wavelength", "all-wavelength"), default=None,
+                   help="second-order method the fitted model applies (default: the model's present one, "
+                        "else long-wavelength)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object on stdout")
     p.set_defaults(func=run)
 
@@ -60,7 +63,7 @@ def run(args) -> int:
         return common.fail(name, exc)
     try:
         cal = calibrate_screening(model, args.sparc_dirs, workdir, hf, command, args.timeout,
-                                  log=None if args.json else print)
+                                  log=None if args.json else print, method=args.method)
     except (SparcRunError, GridMismatchError) as exc:
         return common.run_failed(name, exc)
     except (SnapshotError, ValueError) as exc:
