@@ -60,42 +60,33 @@ def write_result(name: str, payload: dict) -> Path:
 
 # ----------------------------------------------------------------------------- convergence
 def convergence() -> dict:
-    """Density and free-energy differences of the same structure at denser k-point grids."""
+    """Density and free-energy differences of the same structure at denser k-point grids: every finished run
+    under ``convergence/`` against the run of the same positions (sha256) on the 2x2x2-equivalent grid."""
     from sparc_bridge.snapshots import load_snapshot
     from ase_mlrho.evaluation import eps_rho_percent
 
+    meta_of = lambda d: json.loads((d / "meta.json").read_text())
+    coarse_runs = {meta_of(c)["positions_sha256"]: c
+                   for c in finished_runs("eos_al4/*/*", "test_al4/*", "train_al4/*", "test/*", "train/*", "val/*")}
     rows = []
-    base = finished_runs("eos_al4/a=4.05/*")
-    denser = finished_runs("convergence/al4_k=*/*")
-    if base and denser:
-        ref = load_snapshot(base[0])
-        for d in denser:
-            s = load_snapshot(d)
-            meta = json.loads((d / "meta.json").read_text())
-            rows.append({"cell": "Al4 perfect a = 4.05 A", "coarse": rel(base[0]), "dense": rel(d),
-                         "kpts_dense": meta["sparc_settings"]["kpts"],
-                         "eps_percent": eps_rho_percent(ref.density_e_per_bohr3 - s.density_e_per_bohr3,
-                                                        s.grid.dv_bohr3, s.n_electrons),
-                         "dfree_energy_ha_per_atom": (ref.free_energy_ha - s.free_energy_ha) / s.natoms,
-                         "wall_coarse_s": json.loads((base[0] / "meta.json").read_text())["wall_s"],
-                         "wall_dense_s": meta["wall_s"]})
-    for d in finished_runs("convergence/al32_k=3x3x3/*"):
-        meta = json.loads((d / "meta.json").read_text())
-        coarse = next((c for c in test_runs() + finished_runs("train/*", "val/*")
-                       if json.loads((c / "meta.json").read_text())["positions_sha256"] == meta["positions_sha256"]),
-                      None)
+    for d in finished_runs("convergence/*/*"):
+        meta = meta_of(d)
+        coarse = coarse_runs.get(meta["positions_sha256"])
         if coarse is None:
             continue
         a, b = load_snapshot(coarse), load_snapshot(d)
-        rows.append({"cell": f"Al32 thermal {meta['T_K']:g} K", "coarse": rel(coarse), "dense": rel(d),
+        kind = "perfect" if meta["T_K"] == 0 else f"thermal {meta['T_K']:g} K"
+        rows.append({"cell": f"Al{b.natoms} {kind}", "coarse": rel(coarse), "dense": rel(d),
+                     "kpts_coarse": meta_of(coarse)["sparc_settings"]["kpts"],
                      "kpts_dense": meta["sparc_settings"]["kpts"],
                      "eps_percent": eps_rho_percent(a.density_e_per_bohr3 - b.density_e_per_bohr3, b.grid.dv_bohr3,
                                                     b.n_electrons),
                      "dfree_energy_ha_per_atom": (a.free_energy_ha - b.free_energy_ha) / b.natoms,
-                     "wall_coarse_s": json.loads((coarse / "meta.json").read_text())["wall_s"],
-                     "wall_dense_s": meta["wall_s"]})
+                     "wall_coarse_s": meta_of(coarse)["wall_s"], "wall_dense_s": meta["wall_s"],
+                     "scf_iterations_coarse": meta_of(coarse)["n_scf_iterations"],
+                     "scf_iterations_dense": meta["n_scf_iterations"]})
     for r in rows:
-        print(f"{r['cell']:26s} k {r['kpts_dense']} vs the 2x2x2-equivalent: eps {r['eps_percent']:.3f} %, "
+        print(f"{r['cell']:26s} k {r['kpts_dense']} vs {r['kpts_coarse']}: eps {r['eps_percent']:.3f} %, "
               f"dF {r['dfree_energy_ha_per_atom']:+.2e} Ha/atom, wall {r['wall_coarse_s']:.0f} s -> "
               f"{r['wall_dense_s']:.0f} s")
     return {"rows": rows}
