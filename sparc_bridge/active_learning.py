@@ -1,0 +1,251 @@
+"""Uncertainty-driven data acquisition with SPARC: choose, compute, refit, repeat (``mlrho learn``).
+
+Each round
+1. scores every candidate not chosen before with the current model (its mean epistemic sigma,
+   :func:`ase_mlrho.selection.score_candidates`) and chooses the ``per_round`` most uncertain -- or,
+   with ``random_seed`` set, ``per_round`` at random (the control arm of a selection study);
+2. computes each chosen structure as it is (no MD) with one SPARC SCF at the model's reference settings
+   (:func:`sparc_bridge.datagen.run_datagen`, resumable on its own);
+3. refits: ``retrain`` trains a new model from scratch with the starting model's recipe (descriptor,
+   network, training settings, ensemble size) on the training runs plus every run chosen so far;
+   ``finetune`` fine-tunes the previous round's model (single networks) with ``freeze`` layers frozen;
+   both validate on ``val_dirs``;
+4. records the validation error per electron.
+
+Everything goes to ``workdir/manifest.json``, rewritten atomically after every step: the plan, and per
+round the scores of all candidates, the chosen ones with their rank and score (why they were chosen),
+the SPARC run directories, the model file and its validation figures. Run it again with the same plan
+and it resumes at the first unfinished step; a different plan in the same directory is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ase_mlrho.files import atomic_write
+
+__all__ = ["LearningPlan", "run_active_learning", "read_learning_manifest", "MANIFEST"]
+
+MANIFEST = "manifest.json"
+FORMAT = "ase-mlrho-active-learning"
+
+
+@dataclass(frozen=True)
+class LearningPlan:
+    """What an active-learning run does (JSON-ready; recorded in the manifest and checked on resume).
+
+    candidates : structure files; every frame of a trajectory is a candidate.
+    train_dirs, val_dirs : SPARC runs the refits train and validate on (besides the chosen ones).
+    rounds, per_round : how many rounds, and how many DFT runs each.
+    refit : "retrain" (from scratch, the starting model's recipe) or "finetune" (single networks).
+    freeze : layers frozen when fine-tuning.
+    random_seed : None to choose by uncertainty; an integer to choose at random with that seed.
+    seed : seed of the weight samples when scoring.
+    """
+
+    candidates: tuple[str, ...]
+    train_dirs: tuple[str, ...]
+    val_dirs: tuple[str, ...]
+    rounds: int = 3
+    per_round: int = 2
+    refit: str = "retrain"
+    freeze: int = 1
+    random_seed: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("candidates", "train_dirs", "val_dirs"):
+            object.__setattr__(self, name, tuple(str(x) for x in getattr(self, name)))
+        if not self.candidates:
+            raise ValueError("give at least one candidate structure file")
+        if not self.val_dirs:
+            raise ValueError("give at least one validation run (the refits early-stop and calibrate on it)")
+        if self.rounds < 1 or self.per_round < 1:
+            raise ValueError(f"rounds and per_round must be >= 1, got {self.rounds} and {self.per_round}")
+        if self.refit not in ("retrain", "finetune"):
+            raise ValueError(f"refit must be retrain or finetune, got {self.refit!r}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for name in ("candidates", "train_dirs", "val_dirs"):  # as given (relative paths keep the manifest portable)
+            d[name] = [str(x) for x in d[name]]
+        return d
+
+
+def read_learning_manifest(workdir) -> dict:
+    return json.loads((Path(workdir) / MANIFEST).read_text())
+
+
+def _save(workdir: Path, manifest: dict) -> None:
+    atomic_write(workdir / MANIFEST, lambda f: json.dump(manifest, f, indent=1))
+
+
+def _candidates(plan: LearningPlan) -> list[tuple[str, int, object]]:
+    from ase.io import read
+
+    out = []
+    for path in plan.candidates:
+        frames = read(path, index=":")
+        for i, atoms in enumerate(frames):
+            out.append((path, i, atoms))
+    return out
+
+
+def _key(source: str, frame: int) -> str:
+    return f"{Path(source).name}@{frame}"
+
+
+def _choose(plan: LearningPlan, model, pool, round_index: int, log) -> tuple[list[dict], list[dict]]:
+    """(scores of the pool, chosen entries) for one round."""
+    from ase_mlrho.inference import InferenceSettings
+    from ase_mlrho.selection import rank, score_candidates
+
+    scores = score_candidates(model, pool, InferenceSettings(seed=plan.seed))
+    table = [dict(s.to_dict(), key=_key(s.source, s.frame)) for s in scores]
+    for row in table:
+        row["source"] = Path(row["source"]).name
+    if plan.random_seed is None:
+        order = [_key(s.source, s.frame) for s in rank(scores)]
+        why = "largest mean epistemic sigma"
+    else:
+        rng = np.random.default_rng([int(plan.random_seed), round_index])
+        order = [_key(pool[i][0], pool[i][1]) for i in rng.permutation(len(pool))]
+        why = f"random (seed {plan.random_seed}, round {round_index})"
+    by_key = {row["key"]: row for row in table}
+    chosen = [{"key": k, "rank": r + 1, "score": by_key[k]["score"], "why": why}
+              for r, k in enumerate(order[:plan.per_round])]
+    for c in chosen:
+        log(f"round {round_index}: chose {c['key']} (#{c['rank']}, mean epistemic sigma {c['score']:.3e} e/Bohr^3)")
+    return table, chosen
+
+
+def _compute(workdir: Path, round_index: int, chosen: list[dict], atoms_of: dict, model, command, timeout_s,
+             log) -> list[str]:
+    """One SPARC SCF per chosen structure (datagen at T = 0: the structure as given) with the model's
+    reference settings for that cell (its k-points); the run directories."""
+    from ase.io import write
+
+    from .datagen import DatagenPlan, run_datagen, training_directories
+    from .ml_provider import sparc_settings_for_model
+
+    dirs = []
+    for c in chosen:
+        name = c["key"].replace("@", "_frame").replace(".", "_")
+        structure = workdir / f"round_{round_index}" / "structures" / f"{name}.xyz"
+        structure.parent.mkdir(parents=True, exist_ok=True)
+        if not structure.exists():
+            write(structure, atoms_of[c["key"]], format="extxyz")
+        out = workdir / f"round_{round_index}" / "dft" / name
+        settings = sparc_settings_for_model(model, atoms=atoms_of[c["key"]])
+        plan = DatagenPlan(temperatures_k=(0.0,), structure_file=str(structure), sparc=settings, name_prefix=name)
+        report = run_datagen(plan, out, command=command, timeout_s=timeout_s, progress=False, log=log)
+        if not report.ok:
+            raise RuntimeError(f"SPARC failed on {c['key']}: {report.errors}")
+        dirs += [str(d) for d in training_directories(out)]
+    return dirs
+
+
+def _refit(plan: LearningPlan, start_model, previous_path: Path, train_dirs: list[str], out: Path, log):
+    from ase_mlrho.model import DensityEnsemble
+    from ase_mlrho.model_files import load_model, save_model
+    from ase_mlrho.training import TrainingConfig, train_model
+    from ase_mlrho.transfer import FINETUNE_DEFAULTS, finetune_model
+
+    from .reference import METADATA_KEY, common_reference_settings
+    from .snapshots import load_snapshot
+
+    train = [load_snapshot(d) for d in train_dirs]
+    val = [load_snapshot(d) for d in plan.val_dirs]
+    reference = common_reference_settings(list(train_dirs) + list(plan.val_dirs))
+    extra = {METADATA_KEY: reference.to_dict()}
+    if plan.refit == "finetune":
+        base = load_model(previous_path)
+        model = finetune_model(base, train, val, plan.freeze, FINETUNE_DEFAULTS, name=out.stem, base_path=previous_path,
+                               progress=False, log=log, extra_metadata=extra)
+    else:
+        cfg = start_model.metadata.get("training", {}).get("config")
+        config = TrainingConfig(**cfg) if cfg else TrainingConfig()
+        net = start_model.network
+        k = len(net.members) if isinstance(net, DensityEnsemble) else 1
+        config = replace(config, ensemble=k)
+        model = train_model(train, val, start_model.spec, net.config, config, name=out.stem, progress=False, log=log,
+                            extra_metadata=extra)
+    save_model(model, out)
+    return model
+
+
+def _validate(model, val_dirs) -> dict:
+    from ase_mlrho.evaluation import evaluate_snapshots
+
+    from .snapshots import load_snapshot
+
+    per, _, _ = evaluate_snapshots(model, [load_snapshot(d) for d in val_dirs])
+    return {"eps_percent_mean": float(np.mean([m.eps_rho_percent for m in per])),
+            "coverage_3sigma_mean": float(np.mean([m.coverage_3sigma for m in per])),
+            "cells": {m.name: m.eps_rho_percent for m in per}}
+
+
+def run_active_learning(model_path, plan: LearningPlan, workdir, command: str | None = None,
+                        timeout_s: float | None = None, log=print) -> dict:
+    """Run (or resume) the loop of ``plan`` from the model file ``model_path`` in ``workdir``; the manifest."""
+    from ase_mlrho.model_files import load_model, resolve_model_path
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    model_path = Path(resolve_model_path(model_path))
+    path = workdir / MANIFEST
+    if path.is_file():
+        manifest = read_learning_manifest(workdir)
+        if manifest.get("plan") != plan.to_dict():
+            raise ValueError(f"{workdir} holds an active-learning run with another plan; use a new --workdir")
+    else:
+        manifest = {"format": FORMAT, "version": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "start_model": model_path.name, "plan": plan.to_dict(), "rounds": []}
+        _save(workdir, manifest)
+    start = load_model(model_path)
+    pool_all = _candidates(plan)
+    atoms_of = {_key(s, f): a for s, f, a in pool_all}
+    if len(atoms_of) != len(pool_all):
+        raise ValueError("two candidates share a file name and frame; give files distinct names")
+    current_path = model_path
+    for r in range(1, plan.rounds + 1):
+        rounds = manifest["rounds"]
+        if len(rounds) < r:
+            rounds.append({"round": r, "status": "started", "model_in": current_path.name})
+            _save(workdir, manifest)
+        entry = rounds[r - 1]
+        if entry["status"] == "fitted":
+            current_path = workdir / entry["model_out"]
+            continue
+        model = load_model(current_path)
+        done = {c["key"] for e in rounds[:r - 1] for c in e["chosen"]}
+        if "chosen" not in entry:
+            pool = [(s, f, a) for s, f, a in pool_all if _key(s, f) not in done]
+            if not pool:
+                log(f"round {r}: no candidates left")
+                break
+            entry["scores"], entry["chosen"] = _choose(plan, model, pool, r, log)
+            entry["status"] = "chosen"
+            _save(workdir, manifest)
+        if entry["status"] == "chosen":
+            runs = _compute(workdir, r, entry["chosen"], atoms_of, model, command, timeout_s, log)
+            entry["runs"] = [str(Path(d).relative_to(workdir)) for d in runs]
+            entry["status"] = "computed"
+            _save(workdir, manifest)
+        chosen_runs = [str(workdir / d) for e in rounds[:r] for d in e["runs"]]
+        out = workdir / f"round_{r}" / f"model_round_{r}.safetensors"
+        new = _refit(plan, start, current_path, list(plan.train_dirs) + chosen_runs, out, log)
+        entry["validation"] = _validate(new, plan.val_dirs)
+        entry["model_out"] = str(out.relative_to(workdir))
+        entry["status"] = "fitted"
+        entry["dft_runs_so_far"] = len(chosen_runs)
+        _save(workdir, manifest)
+        log(f"round {r}: refit on {len(plan.train_dirs) + len(chosen_runs)} runs, validation eps "
+            f"{entry['validation']['eps_percent_mean']:.3f} %")
+        current_path = out
+    return manifest

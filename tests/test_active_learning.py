@@ -1,0 +1,92 @@
+"""`mlrho learn` (sparc_bridge.active_learning) with a fake SPARC that copies the committed Al4 run's outputs."""
+
+import json
+import sys
+
+import pytest
+from ase.build import bulk
+from ase.io import write
+
+from ase_mlrho.cli import main
+from sparc_bridge.active_learning import read_learning_manifest
+
+from .test_datagen import FAKE_SPARC
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory, al4_dir_module):
+    out = tmp_path_factory.mktemp("al_model") / "toy.safetensors"
+    rc = main(["train", str(al4_dir_module), "--val", str(al4_dir_module), "-o", str(out), "--m", "12", "--m-s",
+               "2", "--k", "3", "--hidden", "16,16", "--epochs", "2", "--points", "2000", "--seed", "1"])
+    assert rc == 0
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def al4_dir_module():
+    from .conftest import FIXTURES
+
+    return FIXTURES / "al4"
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch, al4_dir_module):
+    script = tmp_path / "fake_sparc.py"
+    script.write_text(FAKE_SPARC)
+    calls = tmp_path / "calls.txt"
+    calls.write_text("")
+    monkeypatch.setenv("FAKE_SPARC_CALLS", str(calls))
+    monkeypatch.setenv("ASE_SPARC_COMMAND", f"{sys.executable} {script} {al4_dir_module}")
+    return lambda: [line for line in calls.read_text().splitlines() if line]
+
+
+@pytest.fixture
+def candidates(tmp_path):
+    files = []
+    for i, amp in enumerate((0.02, 0.15, 0.3)):
+        atoms = bulk("Al", "fcc", a=4.05, cubic=True)
+        atoms.rattle(amp, seed=i)
+        path = tmp_path / f"cand{i}.xyz"
+        write(path, atoms)
+        files.append(str(path))
+    return files
+
+
+def _learn(toy, candidates, al4, workdir, *extra):
+    return main(["learn", "-m", toy, "--candidates", *candidates, "--train", str(al4), "--val", str(al4),
+                 "--rounds", "2", "--per-round", "1", "--workdir", str(workdir), "--json", *extra])
+
+
+def test_learn_chooses_the_most_uncertain_computes_refits_and_resumes(toy, candidates, al4_dir_module, fake, tmp_path,
+                                                                     capsys):
+    work = tmp_path / "al"
+    assert _learn(toy, candidates, al4_dir_module, work) == 0
+    m = read_learning_manifest(work)
+    assert [r["status"] for r in m["rounds"]] == ["fitted", "fitted"]
+    chosen = [r["chosen"][0] for r in m["rounds"]]
+    for r, c in zip(m["rounds"], chosen):
+        best = max(r["scores"], key=lambda s: s["score"])
+        assert c["key"] == best["key"] and c["rank"] == 1 and c["why"] == "largest mean epistemic sigma"
+        assert (work / r["model_out"]).is_file() and r["validation"]["eps_percent_mean"] > 0
+    assert chosen[0]["key"] != chosen[1]["key"]  # a candidate is chosen once
+    assert len(m["rounds"][1]["scores"]) == len(candidates) - 1
+    assert len(fake()) == 2 and m["rounds"][1]["dft_runs_so_far"] == 2
+    assert json.loads(capsys.readouterr().out)["plan"]["per_round"] == 1
+    # again: everything is there, nothing is recomputed
+    assert _learn(toy, candidates, al4_dir_module, work) == 0
+    assert len(fake()) == 2 and read_learning_manifest(work)["rounds"] == m["rounds"]
+    # another plan in the same directory is refused
+    capsys.readouterr()
+    assert main(["learn", "-m", toy, "--candidates", *candidates, "--val", str(al4_dir_module), "--rounds", "3",
+                 "--workdir", str(work)]) == 2
+    assert "another plan" in capsys.readouterr().err
+
+
+def test_learn_random_arm_is_seeded(toy, candidates, al4_dir_module, fake, tmp_path):
+    picks = []
+    for w in ("r1", "r2"):
+        assert _learn(toy, candidates, al4_dir_module, tmp_path / w, "--random", "5") == 0
+        m = read_learning_manifest(tmp_path / w)
+        picks.append([r["chosen"][0]["key"] for r in m["rounds"]])
+        assert m["rounds"][0]["chosen"][0]["why"].startswith("random (seed 5")
+    assert picks[0] == picks[1] and picks[0][0] != picks[0][1]
