@@ -229,7 +229,7 @@ def harris_foulkes_energy(
     command = resolve_command(command)  # fail before any work when SPARC is not configured
     prepared = prepare_density(density_e_per_bohr3, grid, n_valence_electrons(atoms, settings.psp_dir))
     directory = Path(directory)
-    write_harris_foulkes_input(atoms, directory, settings, hf, DENSITY_INPUT_NAME, label)
+    write_harris_foulkes_input(atoms, directory, settings, hf, DENSITY_INPUT_NAME, label, prepared.n_electrons)
     write_input_density(directory / DENSITY_INPUT_NAME, atoms, prepared.density_e_per_bohr3, grid, settings.psp_dir)
     t1 = time.perf_counter()
     run = run_sparc(directory, label, command, timeout_s)

@@ -83,6 +83,10 @@ DENSITY_INPUT_NAME = "input_density.cube"
 #: The error is positive: an unconverged subspace raises the band energy.
 DEFAULT_RHO_TRIGGER = 20
 
+#: NSTATES factor of a Harris-Foulkes run (None: SPARC's default, 1.2): measured below, see
+#: ``benchmarks/harris_foulkes_convergence.py``.
+DEFAULT_STATES_FACTOR = None
+
 
 class UnknownSparcParameterError(KeyError):
     """A SPARC parameter name that SPARC's schema (as shipped with sparc-x-api) does not know."""
@@ -124,18 +128,30 @@ class HarrisFoulkesSettings:
     filter degree (None = SPARC's default from the mesh, 30 at 0.25 Bohr); ``fix_rand``: repeatable
     random start orbitals. ``print_output_density`` makes SPARC print rho_out itself (mixing
     parameter 1, no preconditioner), useful to compare the input density with the density it produces.
+    ``states_factor``: NSTATES = floor(states_factor x N_electrons / 2) + 5, SPARC's own rule with its factor
+    1.2 replaced (None: SPARC's default). More states than SPARC's default converge the occupied ones in far
+    fewer passes (see :data:`DEFAULT_STATES_FACTOR`).
     """
 
     rho_trigger: int = DEFAULT_RHO_TRIGGER
     cheb_degree: int | None = None
     fix_rand: int = 1
     print_output_density: bool = False
+    states_factor: float | None = DEFAULT_STATES_FACTOR
+
+    def nstates(self, n_electrons: float) -> int | None:
+        """NSTATES for a cell with ``n_electrons`` valence electrons (None: SPARC's default)."""
+        if self.states_factor is None:
+            return None
+        return int(self.states_factor * (float(n_electrons) / 2.0)) + 5
 
     def __post_init__(self):
         if int(self.rho_trigger) < 1:
             raise ValueError(f"rho_trigger must be >= 1, got {self.rho_trigger}")
         if self.cheb_degree is not None and int(self.cheb_degree) < 1:
             raise ValueError(f"cheb_degree must be >= 1 or None, got {self.cheb_degree}")
+        if self.states_factor is not None and not float(self.states_factor) >= 1.0:
+            raise ValueError(f"states_factor must be >= 1 (every occupied state needs a place), got {self.states_factor}")
 
 
 @dataclass(frozen=True)
@@ -187,13 +203,19 @@ def harris_foulkes_parameters(
     settings: SparcSettings = SparcSettings(),
     hf: HarrisFoulkesSettings = HarrisFoulkesSettings(),
     density_file: str = DENSITY_INPUT_NAME,
+    n_electrons: float | None = None,
 ) -> dict:
     """Parameters of a single-diagonalisation Harris-Foulkes run from ``density_file``.
 
     Density mixing is set explicitly: only then is SPARC's first-iteration energy the
     Harris-Foulkes functional of the input density (potential mixing gives the KS energy of rho_out).
+    ``n_electrons`` (valence electrons of the cell) sets NSTATES by ``hf.states_factor``; an explicit
+    NSTATES in ``settings.extra`` wins.
     """
     params = _base_parameters(atoms, settings)
+    nstates = hf.nstates(n_electrons) if n_electrons is not None else None
+    if nstates is not None and "NSTATES" not in params:
+        params["NSTATES"] = nstates
     params.update(
         READ_INIT_DENS=1,
         INPUT_DENS_FILE=str(density_file),
@@ -265,9 +287,10 @@ def write_scf_input(atoms, directory, settings: SparcSettings = SparcSettings(),
 
 def write_harris_foulkes_input(atoms, directory, settings: SparcSettings = SparcSettings(),
                                hf: HarrisFoulkesSettings = HarrisFoulkesSettings(),
-                               density_file: str = DENSITY_INPUT_NAME, label: str = DEFAULT_LABEL) -> InputSet:
+                               density_file: str = DENSITY_INPUT_NAME, label: str = DEFAULT_LABEL,
+                               n_electrons: float | None = None) -> InputSet:
     """Write a single-diagonalisation Harris-Foulkes input set (the density file is written separately)."""
-    return write_input_set(atoms, directory, harris_foulkes_parameters(atoms, settings, hf, density_file),
+    return write_input_set(atoms, directory, harris_foulkes_parameters(atoms, settings, hf, density_file, n_electrons),
                            settings, label)
 
 

@@ -116,6 +116,20 @@ def test_harris_foulkes_input_round_trip(tmp_path, al4_atoms):
     assert p["RHO_TRIGGER"] == DEFAULT_RHO_TRIGGER and "CHEB_DEGREE" not in p
 
 
+def test_harris_foulkes_states_follow_the_electron_count(tmp_path, al4_atoms):
+    """NSTATES = floor(f N_e / 2) + 5 (SPARC's rule, its factor 1.2 replaced); an explicit NSTATES wins."""
+    hf = HarrisFoulkesSettings(states_factor=2.0)
+    assert hf.nstates(96) == 101 and hf.nstates(12) == 17
+    assert HarrisFoulkesSettings(states_factor=None).nstates(96) is None
+    with pytest.raises(ValueError, match="states_factor"):
+        HarrisFoulkesSettings(states_factor=0.9)
+    write_harris_foulkes_input(al4_atoms, tmp_path, hf=hf, n_electrons=12)
+    assert read_input_parameters(tmp_path)["NSTATES"] == 17
+    explicit = SparcSettings(extra=(("NSTATES", 30),))
+    write_harris_foulkes_input(al4_atoms, tmp_path / "x", explicit, hf=hf, n_electrons=12)
+    assert read_input_parameters(tmp_path / "x")["NSTATES"] == 30
+
+
 def test_warm_start_input_round_trip(tmp_path, al4_atoms):
     write_warm_start_input(al4_atoms, tmp_path)
     p = read_input_parameters(tmp_path)
