@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -243,6 +243,7 @@ class Context:
     weight_sets: list
     dense: DenseDescriptors | None = None  # the device path's descriptors (structure-wide tables)
     predictor: Predictor | None = None  # the device path's network
+    sub_block_orders: dict = field(default_factory=dict)  # block shape -> node order by sub-block (device path)
 
     def block_source(self, index: int):
         """What computes the descriptors of block ``index``: the structure-wide tables, or the
@@ -318,34 +319,40 @@ def predict_block(ctx: Context, index: int) -> Block:
     return Block(index, mean.reshape(shape), ale.reshape(shape), epi.reshape(shape), stats)
 
 
+def _sub_block_order(shape, sub_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """The nodes of a block of ``shape`` grouped by compact sub-block: (local C-order indices, sub-block sizes)."""
+    local = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
+    parts = [local[sub].reshape(-1) for sub in compact_sub_blocks(shape, sub_points)]
+    return np.concatenate(parts), np.array([len(x) for x in parts], dtype=np.int64)
+
+
 def _predict_block_dense(ctx: Context, index: int) -> Block:
-    """:func:`predict_block` on the device path: compact sub-blocks of ``batch_points`` nodes, dense
-    descriptors and the stacked network on ``job.device``; only the results come back to the host."""
+    """:func:`predict_block` on the device path: compact sub-blocks of ``DENSE_SUB_BLOCK_POINTS`` nodes, about
+    ``batch_points`` nodes per call, dense descriptors and the stacked network on ``job.device``; the block's
+    points are made once and the results scattered back in one indexed write per call."""
     import torch
 
     job = ctx.job
-    box = job.plan.slices(index)
     shape = job.plan.block_shape(index)
     dev = torch.device(job.device)
-    mean, ale, epi = (torch.empty(shape, dtype=torch.float64, device=dev) for _ in range(3))
+    order, sizes = ctx.sub_block_orders.setdefault(shape, _sub_block_order(shape, DENSE_SUB_BLOCK_POINTS))
+    points = ctx.grid.points_bohr_at(job.plan.flat_indices(index)[order])
+    n = int(order.size)
+    mean, ale, epi = (torch.empty(n, dtype=torch.float64, device=dev) for _ in range(3))
     source = ctx.block_source(index)
-    subs = list(compact_sub_blocks(shape, DENSE_SUB_BLOCK_POINTS))
     per_call = max(1, job.batch_points // DENSE_SUB_BLOCK_POINTS)
-    for g in range(0, len(subs), per_call):
-        group = subs[g:g + per_call]
-        pts = [ctx.grid.points_bohr_at(box_flat_indices(job.grid_shape, tuple(
-            slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, sub)))) for sub in group]
-        d = ctx.dense.compute_blocks(pts) if ctx.dense is not None else source.compute_dense(pts, dev)
-        m, a, e = ctx.predictor.predict(d)
-        start = 0
-        for sub, p in zip(group, pts):
-            sub_shape = tuple(s.stop - s.start for s in sub)
-            sl = slice(start, start + len(p))
-            mean[sub], ale[sub], epi[sub] = m[sl].view(sub_shape), a[sl].view(sub_shape), e[sl].view(sub_shape)
-            start += len(p)
+    ends = np.cumsum(sizes)
+    starts = ends - sizes
+    for g in range(0, len(sizes), per_call):
+        lo, hi = int(starts[g]), int(ends[min(g + per_call, len(sizes)) - 1])
+        groups = np.split(points[lo:hi], ends[g:g + per_call][:-1] - lo)
+        d = ctx.dense.compute_blocks(groups) if ctx.dense is not None else source.compute_dense(groups, dev)
+        mean[lo:hi], ale[lo:hi], epi[lo:hi] = ctx.predictor.predict(d)
+    back = torch.as_tensor(np.argsort(order), device=dev)  # sub-block order -> the block's C order
+    mean, ale, epi = mean[back], ale[back], epi[back]
     sig_total = torch.sqrt(ale * ale + epi * epi)
     thr = job.ood_threshold_e_per_bohr3
     n_ood = 0 if thr is None else int(torch.count_nonzero(epi > thr))
-    stats = np.array([mean.numel(), float(mean.sum()), float(torch.clamp(mean, min=0.0).sum()),
+    stats = np.array([n, float(mean.sum()), float(torch.clamp(mean, min=0.0).sum()),
                       float(sig_total.sum()), float(sig_total.max()), n_ood], dtype=np.float64)
-    return Block(index, mean.cpu().numpy(), ale.cpu().numpy(), epi.cpu().numpy(), stats)
+    return Block(index, *(x.cpu().numpy().reshape(shape) for x in (mean, ale, epi)), stats)
