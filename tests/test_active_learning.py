@@ -1,7 +1,6 @@
 """`mlrho learn` (sparc_bridge.active_learning) with a fake SPARC that copies the committed Al4 run's outputs."""
 
 import json
-import sys
 
 import pytest
 from ase.build import bulk
@@ -10,7 +9,7 @@ from ase.io import write
 from ase_mlrho.cli import main
 from sparc_bridge.active_learning import read_learning_manifest
 
-from .test_datagen import FAKE_SPARC
+from .test_datagen import fake_sparc  # noqa: F401  (the fixture: a SPARC that copies the Al4 run's outputs)
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +29,10 @@ def al4_dir_module():
 
 
 @pytest.fixture
-def fake(tmp_path, monkeypatch, al4_dir_module):
-    script = tmp_path / "fake_sparc.py"
-    script.write_text(FAKE_SPARC)
-    calls = tmp_path / "calls.txt"
-    calls.write_text("")
-    monkeypatch.setenv("FAKE_SPARC_CALLS", str(calls))
-    monkeypatch.setenv("ASE_SPARC_COMMAND", f"{sys.executable} {script} {al4_dir_module}")
-    return lambda: [line for line in calls.read_text().splitlines() if line]
+def fake(fake_sparc, monkeypatch):  # noqa: F811
+    command, calls = fake_sparc
+    monkeypatch.setenv("ASE_SPARC_COMMAND", command)
+    return calls
 
 
 @pytest.fixture
