@@ -18,7 +18,7 @@ unknown or misspelt name raises :class:`UnknownSparcParameterError` (a ``KeyErro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -33,6 +33,8 @@ __all__ = [
     "InputSet",
     "UnknownSparcParameterError",
     "DEFAULT_RHO_TRIGGER",
+    "DEFAULT_STATES_FACTOR",
+    "HF_METADATA_KEY",
     "DEFAULT_LABEL",
     "DENSITY_INPUT_NAME",
     "scf_parameters",
@@ -83,9 +85,12 @@ DENSITY_INPUT_NAME = "input_density.cube"
 #: The error is positive: an unconverged subspace raises the band energy.
 DEFAULT_RHO_TRIGGER = 20
 
-#: NSTATES factor of a Harris-Foulkes run (None: SPARC's default, 1.2): measured below, see
-#: ``benchmarks/harris_foulkes_convergence.py``.
+#: NSTATES factor of a Harris-Foulkes run when a model records none (None: SPARC's default, 1.2)
 DEFAULT_STATES_FACTOR = None
+
+#: model-file metadata key of a material's measured Harris-Foulkes eigensolver settings
+#: ({"rho_trigger": int, "states_factor": float or null, "source": str}); see benchmarks/README.md
+HF_METADATA_KEY = "hf_settings"
 
 
 class UnknownSparcParameterError(KeyError):
@@ -138,6 +143,20 @@ class HarrisFoulkesSettings:
     fix_rand: int = 1
     print_output_density: bool = False
     states_factor: float | None = DEFAULT_STATES_FACTOR
+
+    @classmethod
+    def for_model(cls, metadata: dict, rho_trigger: int | None = None) -> "HarrisFoulkesSettings":
+        """The eigensolver settings a model file records for its material (``hf_settings``: measured with
+        ``benchmarks/harris_foulkes_convergence.py``), else the defaults; ``rho_trigger`` overrides."""
+        entry = metadata.get(HF_METADATA_KEY) or {}
+        if not isinstance(entry, dict):
+            raise ValueError(f"the model's '{HF_METADATA_KEY}' entry is malformed: {entry!r}")
+        try:
+            hf = cls(rho_trigger=int(entry.get("rho_trigger", DEFAULT_RHO_TRIGGER)),
+                     states_factor=entry.get("states_factor", DEFAULT_STATES_FACTOR))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"the model's '{HF_METADATA_KEY}' entry is malformed: {exc}") from None
+        return hf if rho_trigger is None else replace(hf, rho_trigger=int(rho_trigger))
 
     def nstates(self, n_electrons: float) -> int | None:
         """NSTATES for a cell with ``n_electrons`` valence electrons (None: SPARC's default)."""

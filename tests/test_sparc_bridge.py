@@ -419,3 +419,18 @@ def test_cleaning_keeps_the_input_density(tmp_path, al4_atoms, al4_dir):
     run_sparc(tmp_path, command=cmd)
     assert (tmp_path / "SPARC.dens").read_text() == "old converged density"
     assert not (tmp_path / "SPARC.dens_01").exists()
+
+
+def test_harris_foulkes_settings_from_the_model_file():
+    """A model records its material's measured eigensolver settings; --rho-trigger overrides the passes."""
+    from sparc_bridge.inputs import HF_METADATA_KEY
+
+    meta = {HF_METADATA_KEY: {"rho_trigger": 10, "states_factor": 2.0, "source": "test"}}
+    hf = HarrisFoulkesSettings.for_model(meta)
+    assert (hf.rho_trigger, hf.states_factor, hf.nstates(96)) == (10, 2.0, 101)
+    assert HarrisFoulkesSettings.for_model(meta, rho_trigger=14).rho_trigger == 14
+    assert HarrisFoulkesSettings.for_model({}) == HarrisFoulkesSettings()
+    for bad in ({HF_METADATA_KEY: "fast"}, {HF_METADATA_KEY: {"rho_trigger": 0}},
+                {HF_METADATA_KEY: {"states_factor": 0.5}}):
+        with pytest.raises(ValueError, match=HF_METADATA_KEY):
+            HarrisFoulkesSettings.for_model(bad)

@@ -85,6 +85,17 @@ def model_screening(args, model):
         raise CommandError(str(exc)) from None
 
 
+def model_hf_settings(args, model):
+    """The Harris-Foulkes eigensolver settings the model records for its material (``--rho-trigger``
+    overrides the passes); CommandError for a malformed entry."""
+    from sparc_bridge.inputs import HarrisFoulkesSettings
+
+    try:
+        return HarrisFoulkesSettings.for_model(model.metadata, getattr(args, "rho_trigger", None))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
 def fail(command: str, message) -> int:
     """One line on stderr, exit status 2."""
     print(f"mlrho {command}: error: {' '.join(str(message).split())}", file=sys.stderr)

@@ -38,9 +38,9 @@ def register(subparsers) -> None:
     p.add_argument("structure", metavar="SPARC_DIR_OR_STRUCTURE",
                    help="a finished SPARC run directory (reference energy read) or a structure file")
     common.add_common_options(p, "evaluation")
-    p.add_argument("--rho-trigger", type=int, default=DEFAULT_RHO_TRIGGER,
-                   help=f"CheFSI passes on the fixed input Hamiltonian (default {DEFAULT_RHO_TRIGGER}, "
-                        "chosen by a convergence check; see sparc_bridge.inputs)")
+    p.add_argument("--rho-trigger", type=int, default=None,
+                   help=f"CheFSI passes on the fixed input Hamiltonian (default: the model's measured setting, "
+                        f"else {DEFAULT_RHO_TRIGGER}; see benchmarks/README.md)")
     common.add_second_order_option(p, "the energy")
     p.set_defaults(func=run)
 
@@ -55,8 +55,10 @@ def run(args) -> int:
 
     name = "energy"
     try:
-        hf = HarrisFoulkesSettings(rho_trigger=args.rho_trigger)
+        if args.rho_trigger is not None:
+            HarrisFoulkesSettings(rho_trigger=args.rho_trigger)  # refuse a bad value before any work
         command, inp, model, provider_settings, workdir = common.prepare_run(args, name)
+        hf = common.model_hf_settings(args, model)
     except (common.CommandError, ValueError) as exc:
         return common.fail(name, exc)
 
@@ -114,6 +116,8 @@ def run(args) -> int:
         "scf_reference_iterations": inp.scf_iterations,
         "scf_reference_walltime_s": inp.scf_walltime_s,
         "rho_trigger": hf.rho_trigger,
+        "states_factor": hf.states_factor,
+        "nstates": hf.nstates(result.n_electrons),  # None: SPARC's default
         "grid_shape": list(grid.shape),
         "reference_grid_shape": None if inp.grid_shape is None else list(inp.grid_shape),
         "electrons_before_renormalisation": result.electrons_before,

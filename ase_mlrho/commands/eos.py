@@ -52,7 +52,7 @@ def register(subparsers) -> None:
                      help="fit these finished SPARC runs of the same structure as the SCF reference instead")
     p.add_argument("--eos", default="birchmurnaghan", help="ase.eos form (default birchmurnaghan)")
     p.add_argument("--rho-trigger", type=int, default=None, help="CheFSI passes of each Harris-Foulkes run "
-                                                                  "(default: sparc_bridge's)")
+                                                                  "(default: the model's measured setting)")
     p.add_argument("--plot", metavar="FILE", help="plot E(V) with the fits to FILE (png, pdf, svg)")
     common.add_second_order_option(p, "the EOS energies")
     p.set_defaults(func=run)
@@ -76,7 +76,8 @@ def run(args) -> int:
             raise ValueError(f"an EOS fit needs at least 4 strains, got {len(strains)}")
         if len(set(strains)) != len(strains) or min(strains) <= -1:
             raise ValueError("strains must be distinct and greater than -1")
-        hf = HarrisFoulkesSettings() if args.rho_trigger is None else HarrisFoulkesSettings(rho_trigger=args.rho_trigger)
+        if args.rho_trigger is not None:
+            HarrisFoulkesSettings(rho_trigger=args.rho_trigger)  # refuse a bad value before any work
 
         def check_scf_runs(model):
             for d in args.scf_runs or ():
@@ -85,6 +86,7 @@ def run(args) -> int:
                 common.check_reference(model, d)
 
         command, inp, model, provider_settings, workdir = common.prepare_run(args, name, check_scf_runs)
+        hf = common.model_hf_settings(args, model)
     except (common.CommandError, ValueError) as exc:
         return common.fail(name, exc)
 

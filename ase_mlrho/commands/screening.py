@@ -25,8 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("-m", "--model", required=True, help="shipped model name or model file")
     p.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
     p.add_argument("--workdir", metavar="DIR", help="directory for the SPARC runs (new or empty)")
-    p.add_argument("--rho-trigger", type=int, default=DEFAULT_RHO_TRIGGER,
-                   help=f"CheFSI passes of each diagonalisation (default {DEFAULT_RHO_TRIGGER})")
+    p.add_argument("--rho-trigger", type=int, default=None,
+                   help=f"CheFSI passes of each diagonalisation (default: the model's measured setting, else "
+                        f"{DEFAULT_RHO_TRIGGER})")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="time limit of each SPARC run")
     p.add_argument("--method", choices=("long-wavelength", "all-wavelength"), default=None,
                    help="second-order method the fitted model applies (default: the model's present one, "
@@ -41,7 +42,6 @@ def run(args) -> int:
     from sparc_bridge.snapshots import SnapshotError
     from ase_mlrho.model_files import ModelFileError, load_model, save_model
     from sparc_bridge.harris_foulkes import GridMismatchError, calibrate_screening
-    from sparc_bridge.inputs import HarrisFoulkesSettings
     from sparc_bridge.run import SparcRunError
     from sparc_bridge.screening import METADATA_KEY
 
@@ -57,7 +57,7 @@ def run(args) -> int:
             if not Path(d).is_dir():
                 raise common.CommandError(f"{d} is not a SPARC run directory")
             common.check_reference(model, d)
-        hf = HarrisFoulkesSettings(rho_trigger=args.rho_trigger)
+        hf = common.model_hf_settings(args, model)
         workdir = common.make_workdir(args.workdir, name)
     except (common.CommandError, ModelFileError, ValueError) as exc:
         return common.fail(name, exc)
