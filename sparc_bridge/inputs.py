@@ -85,7 +85,31 @@ DENSITY_INPUT_NAME = "input_density.cube"
 #: The error is positive: an unconverged subspace raises the band energy.
 DEFAULT_RHO_TRIGGER = 20
 
-#: NSTATES factor of a Harris-Foulkes run when a model records none (None: SPARC's default, 1.2)
+#: NSTATES factor of a Harris-Foulkes run when a model records none (None: SPARC's default, 1.2).
+#:
+#: Session 6, same benchmark, same load for every row (a fresh SCF of each cell beside them):
+#:
+#: =====================  ===========  ======  =======  =======================  ========  ==========
+#: cell                   RHO_TRIGGER  degree  NSTATES  E_HF - E_SCF (Ha/atom)   wall (s)  fresh SCF
+#: =====================  ===========  ======  =======  =======================  ========  ==========
+#: Al32 945 K (Gamma)     20           30      62       +4.5e-7                  110       250 s / 35
+#: Al32                   12           30      62       +5.2e-5                  71
+#: Al32                   12           30      80       +2.0e-7                  89
+#: Al32                   8            30      100      +9.9e-8                  80
+#: Al32                   10           30      100      +1.9e-9                  94
+#: Al32                   6            30      120      +3.9e-6                  72
+#: Al32                   5 / 4        50 / 60 100      +3.1e-7 / +2.3e-6        79 / 75
+#: Si32Ge32 1500 K        20           20      350      +1.8e-9                  314       273 s / 14
+#: Si32Ge32               12 / 8       20      350      +2.9e-9 / +1.9e-6        190 / 133
+#: Si32Ge32               8 / 6        20      420/500  +2.3e-8 / +8.0e-8        165 / 158
+#: Si32Ge32               4 / 5 / 6    40/36/30 350     +1.6e-5 / +1.3e-6 / +6.5e-7  122 / 137 / 139
+#: =====================  ===========  ======  =======  =======================  ========  ==========
+#:
+#: A metal's states at the Fermi level converge slowly when the filter's cut-off (the highest state
+#: kept) is close to them; twice the occupied states move it away, and 8 passes then beat SPARC's
+#: 62 states at 20 (the passes cost 1.5x more each). SiGe (288 occupied states, 160 of them Ge 3d)
+#: gains nothing from more states or a higher degree: its subspace is converged by 8 passes. The
+#: shipped models record these choices (``hf_settings``).
 DEFAULT_STATES_FACTOR = None
 
 #: model-file metadata key of a material's measured Harris-Foulkes eigensolver settings

@@ -104,3 +104,15 @@ def test_al_pbe_on_held_out_kpoint_cells():
         assert m.coverage_3sigma > 0.99, m.name
         if group in ("test", "test_vacancy"):  # 32-atom cells: calibrated (the 4-atom cells' errors are smaller: sigma over-covers)
             assert m.miscalibration_area < 0.1, m.name
+
+
+def test_shipped_models_record_measured_harris_foulkes_settings():
+    """Each shipped model carries its material's eigensolver settings (benchmarks/README.md, 'The Harris-Foulkes
+    step'): aluminium 8 passes with twice the states, SiGe 8 passes with SPARC's states."""
+    from sparc_bridge.inputs import HarrisFoulkesSettings
+
+    al = HarrisFoulkesSettings.for_model(load_model("al-pbe").metadata)
+    assert (al.rho_trigger, al.states_factor, al.nstates(96)) == (8, 2.0, 101)
+    assert HarrisFoulkesSettings.for_model(load_model("al-pbe-gamma").metadata) == al
+    sige = HarrisFoulkesSettings.for_model(load_model("sige-pbe").metadata)
+    assert (sige.rho_trigger, sige.states_factor, sige.nstates(576)) == (8, None, None)
