@@ -91,6 +91,9 @@ def test_al_pbe_on_held_out_kpoint_cells():
     ref = model.metadata["sparc_reference"]
     assert ref["kpoint_length_ang"] == [16.2, 16.2, 16.2] and ref["kpoint_shift"] == [0.5, 0.5, 0.5]
     assert model.ensemble_size == 4 and model.metadata["hf_screening"]["method"] == "all-wavelength"
+    # eps(q) refitted on the k-point training cells, the vacancy among them (session 6)
+    assert model.metadata["hf_screening"]["k2_per_bohr2"] == pytest.approx(1.0529, abs=1e-4)
+    assert "k-point training cells" in model.metadata["hf_screening"]["source"]
     names = {s["name"] for s in model.metadata["training"]["train_snapshots"]}
     cells = sorted(p.parent for p in AL_KPTS.glob("test*/*/SPARC.out"))
     assert len(cells) >= 2 and not names & {c.name for c in cells}
