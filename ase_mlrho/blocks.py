@@ -88,15 +88,16 @@ class InferenceSettings:
                 raise ValueError(f"device {self.device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
             if dev.type == "mps" and not torch.backends.mps.is_available():
                 raise ValueError(f"device {self.device!r}: this torch sees no Apple GPU")
+        if self.mesh_spacing_bohr is not None and not self.mesh_spacing_bohr > 0:
+            raise ValueError(f"mesh_spacing_bohr must be positive, got {self.mesh_spacing_bohr}")
 
     @property
     def resolved_batch_points(self) -> int:
+        """``batch_points``, or its default for the path: cache-sized on CPUs, large on an accelerator."""
         if self.batch_points is not None:
             return int(self.batch_points)
         on_accelerator = self.device is not None and not str(self.device).startswith("cpu")
         return DEFAULT_DEVICE_BATCH_POINTS if on_accelerator else DEFAULT_BATCH_POINTS
-        if self.mesh_spacing_bohr is not None and not self.mesh_spacing_bohr > 0:
-            raise ValueError(f"mesh_spacing_bohr must be positive, got {self.mesh_spacing_bohr}")
 
 
 @dataclass(frozen=True, eq=False)

@@ -173,3 +173,17 @@ def test_batched_blocks_of_unequal_size_keep_their_rows():
     blocks = [_compact_points(grid, c, e) for c, e in (((0, 0, 0), 8), ((60, 28, 28), 5), ((30, 10, 3), 7))]
     got = DenseDescriptors(ref, dtype=torch.float64).compute_blocks(blocks).numpy()
     np.testing.assert_allclose(got, ref.compute_float64(np.concatenate(blocks)), rtol=0, atol=1e-10)
+
+
+def test_settings_refuse_bad_values_and_pick_the_batch_per_path():
+    """Every check of InferenceSettings runs (a non-positive mesh once went unchecked), and the default
+    batch is cache-sized on CPUs, large on an accelerator."""
+    from ase_mlrho.blocks import DEFAULT_BATCH_POINTS
+
+    for bad in (dict(mesh_spacing_bohr=0.0), dict(mesh_spacing_bohr=-0.25), dict(batch_points=0),
+                dict(chunk_points=0), dict(n_samples=-1), dict(neighbour_tables="all")):
+        with pytest.raises(ValueError):
+            InferenceSettings(**bad)
+    assert InferenceSettings().resolved_batch_points == DEFAULT_BATCH_POINTS
+    assert InferenceSettings(device="cpu").resolved_batch_points == DEFAULT_BATCH_POINTS
+    assert InferenceSettings(batch_points=777, device="cpu").resolved_batch_points == 777
