@@ -32,6 +32,7 @@ from ase.data import atomic_numbers
 
 from .angular import power_spectrum_tensor
 from .descriptors import _ABSENT_DISTANCE_BOHR, _ON_ATOM_BOHR, TIE_TOLERANCE_BOHR, Descriptors
+from .neighbors import sphere_radius_for_atoms
 
 __all__ = ["DenseDescriptors", "compact_sub_blocks"]
 
@@ -65,28 +66,27 @@ class DenseDescriptors:
         it); it supplies the atom images, the Set II tables and the float64 fallback.
     device : torch device for the dense work ("cpu", "cuda", ...).
     dtype : torch.float32 (default; model input) or torch.float64 (reference checks).
-    reach_bohr : how far beyond a block's own radius to select atoms (default: from the density of
-        atoms of the rarest species, enough for its M nearest; grown when points fall back). Give it
-        for an open cluster cut from a larger crystal, whose own extent says nothing about that.
+    r_m_bohr : radius of the sphere holding M atoms of the rarest species, which sets how far beyond a
+        block's own radius atoms are selected (default: from the reference's periodic cell; give it for an
+        open cluster cut from a larger crystal, whose own extent says nothing about that). The reach grows
+        when points fall back.
     """
 
-    def __init__(self, reference: Descriptors, device="cpu", dtype=torch.float32, reach_bohr: float | None = None):
+    def __init__(self, reference: Descriptors, device="cpu", dtype=torch.float32, r_m_bohr: float | None = None):
         self.ref, self.spec = reference, reference.spec
         self.device, self.dtype = torch.device(device), dtype
         self.tie_bohr = FLOAT32_TIE_BOHR if dtype == torch.float32 else TIE_TOLERANCE_BOHR
         self.fallback_points = 0
         self.points = 0
         spec, nb = self.spec, reference._all
-        # reach: how far beyond a block's own radius the selection must extend (grown when too short)
-        volume = abs(np.linalg.det(reference.cell_bohr)) if any(reference.pbc) else None
         counts = [np.count_nonzero(reference.numbers == atomic_numbers[s]) for s in spec.species]
-        rarest = min((c for c in counts if c), default=1)
-        if volume is not None:
-            r_m = (3.0 * spec.m * volume / (4.0 * math.pi * rarest)) ** (1.0 / 3.0)
-        else:  # an open cluster: its own extent bounds every distance
-            span = np.ptp(nb.positions_bohr, axis=0)
-            r_m = float(np.linalg.norm(span))
-        reach = 1.2 * r_m + 1.5 if reach_bohr is None else float(reach_bohr)
+        if r_m_bohr is None:
+            if any(reference.pbc):
+                rarest = min((c for c in counts if c), default=1)
+                r_m_bohr = sphere_radius_for_atoms(spec.m, abs(np.linalg.det(reference.cell_bohr)), rarest)
+            else:  # an open cluster: its own extent bounds every distance
+                r_m_bohr = float(np.linalg.norm(np.ptp(nb.positions_bohr, axis=0)))
+        reach = 1.2 * r_m_bohr + 1.5
         if spec.has_angular:
             reach = max(reach, spec.angular_cutoff_bohr + 1.0)
         self.reach_bohr = reach

@@ -30,7 +30,7 @@ from ase.data import atomic_numbers
 
 from .descriptors import TIE_TOLERANCE_BOHR, Descriptors, DescriptorSpec, check_numbers
 from .grid import Grid
-from .neighbors import plane_spacings, validate_positions, wrapped_fractional
+from .neighbors import plane_spacings, sphere_radius_for_atoms, validate_positions, wrapped_fractional
 
 __all__ = ["LocalDescriptors", "LOCAL_MIN_ATOMS"]
 
@@ -66,9 +66,9 @@ class LocalDescriptors:
         # first guess of R: a little more than the sphere holding M atoms of the rarest present
         # species (Set II reaches d(M_s) + d_k, usually less); grown per block when too small
         rarest = min((c for c in self.species_counts.values() if c), default=1)
-        r_m = (3.0 * spec.m * volume / (4.0 * math.pi * rarest)) ** (1.0 / 3.0)
+        r_m = sphere_radius_for_atoms(spec.m, volume, rarest)
         radius = 1.2 * r_m + 1.0
-        self.dense_reach_bohr = 1.2 * r_m + 1.5  # for DenseDescriptors of a block's cluster
+        self.r_m_bohr = r_m  # for DenseDescriptors of a block's cluster
         if spec.has_angular:
             radius = max(radius, spec.angular_cutoff_bohr + 1.0)
         self.radius_bohr = radius
@@ -172,7 +172,7 @@ class BlockDescriptors:
 
         def run(desc, pts):
             if self._dense is None or self._dense.ref is not desc:
-                self._dense = DenseDescriptors(desc, device, reach_bohr=self.owner.dense_reach_bohr)
+                self._dense = DenseDescriptors(desc, device, r_m_bohr=self.owner.r_m_bohr)
             out = self._dense.compute_blocks(pts)
             return out, out.max(dim=0).values.double().cpu().numpy()[None, :]  # the check needs column maxima only
         return self._checked(blocks, run)

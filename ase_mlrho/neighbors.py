@@ -20,7 +20,7 @@ from scipy.spatial import cKDTree
 
 from .grid import InvalidStructureError, validate_cell
 
-__all__ = ["PeriodicNeighbors", "NeighborResult", "validate_positions"]
+__all__ = ["PeriodicNeighbors", "NeighborResult", "validate_positions", "plane_spacings", "sphere_radius_for_atoms"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,11 @@ def wrapped_fractional(positions_bohr: np.ndarray, inv_cell: np.ndarray, periodi
     # floor() can give exactly 1.0 for tiny negative numbers; fold those back to 0
     frac[:, periodic] = np.where(frac[:, periodic] >= 1.0, 0.0, frac[:, periodic])
     return frac
+
+
+def sphere_radius_for_atoms(m: int, volume_bohr3: float, n_atoms: int) -> float:
+    """Radius (Bohr) of the sphere that holds ``m`` atoms at the mean density of ``n_atoms`` in ``volume_bohr3``."""
+    return (3.0 * m * volume_bohr3 / (4.0 * math.pi * n_atoms)) ** (1.0 / 3.0)
 
 
 def plane_spacings(cell: np.ndarray) -> np.ndarray:
@@ -122,7 +127,7 @@ class PeriodicNeighbors:
         plus the largest plane spacing over the atoms per direction (room for inhomogeneity)."""
         volume = abs(np.linalg.det(self.cell_bohr))
         if all(self.pbc):
-            r_m = (3.0 * m * volume / (4.0 * math.pi * self.n_atoms)) ** (1.0 / 3.0)
+            r_m = sphere_radius_for_atoms(m, volume, self.n_atoms)
         else:
             r_m = float(np.max(self._spacings))
         return 1.3 * r_m + 0.5 * float(np.max(self._spacings / max(1, self.n_atoms) ** (1 / 3)))

@@ -86,14 +86,10 @@ def _save(workdir: Path, manifest: dict) -> None:
 
 
 def _candidates(plan: LearningPlan) -> list[tuple[str, int, object]]:
-    from ase.io import read
+    """``(file, frame, atoms)`` for every frame of every candidate file."""
+    from ase_mlrho.structure_files import read_frames
 
-    out = []
-    for path in plan.candidates:
-        frames = read(path, index=":")
-        for i, atoms in enumerate(frames):
-            out.append((path, i, atoms))
-    return out
+    return [(path, i, atoms) for path in plan.candidates for i, atoms in enumerate(read_frames(path))]
 
 
 def _key(source: str, frame: int) -> str:

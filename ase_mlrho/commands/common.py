@@ -140,7 +140,7 @@ def load_input(path: str, index: str = "-1") -> LoadedInput:
             pass
         e = None if snap.free_energy_ha is None else snap.free_energy_ha / snap.natoms
         return LoadedInput(snap.atoms, str(p), True, e, iterations, walltime, tuple(snap.grid.shape), snap)
-    from .predict import read_structure
+    from ..structure_files import read_structure
 
     try:
         atoms = read_structure(path, index)

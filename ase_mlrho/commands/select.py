@@ -39,7 +39,7 @@ def _fail(message) -> int:
 
 def read_candidates(paths) -> list:
     """``(file, frame, atoms)`` for every frame of every file; ValueError with one line for a bad file."""
-    from .predict import read_frames
+    from ..structure_files import read_frames
 
     out = [(str(path), i, atoms) for path in paths for i, atoms in enumerate(read_frames(path, ":"))]
     if not out:

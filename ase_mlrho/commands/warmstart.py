@@ -17,6 +17,7 @@ JSON keys: ``warm_iterations``, ``default_iterations``, ``warm_wall_s``, ``defau
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from . import common
 
@@ -39,12 +40,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def inp_is_run_dir(path) -> bool:
-    from pathlib import Path
-
-    return Path(path).is_dir()
-
-
 def run(args) -> int:
     from sparc_bridge.harris_foulkes import GridMismatchError, warm_start_comparison
     from sparc_bridge.ml_provider import MLDensityProvider, sparc_settings_for_model
@@ -55,7 +50,7 @@ def run(args) -> int:
         if args.rho_trigger < 1:
             raise ValueError(f"--rho-trigger must be >= 1, got {args.rho_trigger}")
         def check(model):
-            if args.default_from_reference and not inp_is_run_dir(args.structure):
+            if args.default_from_reference and not Path(args.structure).is_dir():
                 raise ValueError("--default-from-reference needs a SPARC run directory as input")
         command, inp, model, provider_settings, workdir = common.prepare_run(args, name, check)
     except (common.CommandError, ValueError) as exc:
