@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import descriptor_kernel
 from .descriptors import Descriptors
 from .grid import Grid
 from .dense_descriptors import DenseDescriptors, compact_sub_blocks
@@ -52,8 +53,10 @@ class InferenceSettings:
         those only (:mod:`ase_mlrho.local_descriptors`: worker memory and set-up independent of the cell size);
         ``"auto"`` -- ``"block"`` for periodic cells of at least ``LOCAL_MIN_ATOMS`` atoms.
         Both give the same descriptors (to rounding, 1e-13 Bohr).
-    device : None (default) -- descriptors from k-d tree queries (numpy) and the network member by
-        member, on this machine's CPUs: the fastest path there (``benchmarks/profile.py``). A torch
+    device : None (default) -- on this machine's CPUs: descriptors of compact sub-blocks from the
+        compiled kernel of :mod:`ase_mlrho.descriptor_kernel` (numba; k-d tree queries in numpy where
+        numba is missing) and the network member by member: the fastest path there
+        (``benchmarks/profile.py``). A torch
         device ("cuda", "cuda:1", "cpu", ...) -- descriptors as dense tensors of compact sub-blocks
         (:mod:`ase_mlrho.dense_descriptors`) and every weight set in one stack
         (:mod:`ase_mlrho.predictor`), all on that device; the same field to float32 rounding.
@@ -245,6 +248,7 @@ class Context:
     dense: DenseDescriptors | None = None  # the device path's descriptors (structure-wide tables)
     predictor: Predictor | None = None  # the device path's network
     sub_block_orders: dict = field(default_factory=dict)  # block shape -> node order by sub-block (device path)
+    engine: str = "torch"  # the dense descriptors' engine: "torch" (device path) or "numba" (default CPU path)
 
     def block_source(self, index: int):
         """What computes the descriptors of block ``index``: the structure-wide tables, or the
@@ -254,13 +258,31 @@ class Context:
         return self.descriptors
 
 
+class MemberByMember:
+    """The CPU network of the default path: the model's own ``predict`` (member by member, the
+    reference, and on a CPU a little faster than the stacked :class:`Predictor`), as torch tensors."""
+
+    def __init__(self, model, weight_sets):
+        self.model, self.weight_sets = model, weight_sets
+
+    def predict(self, desc):
+        import torch
+
+        p = self.model.predict(desc.numpy(), weight_sets=self.weight_sets)
+        return torch.from_numpy(p.mean), torch.from_numpy(p.sigma_aleatoric), torch.from_numpy(p.sigma_epistemic)
+
+
 def build_context(job: Job) -> Context:
     s = job.structure
     kind = LocalDescriptors if job.local_tables else Descriptors
     desc = kind(job.model.spec, s.positions_bohr, s.numbers, s.cell_bohr, s.pbc)
     weights = job.model.network.sample_weight_sets(job.n_samples, job.seed)
     if job.device is None:
-        return Context(job, job.grid, desc, weights)
+        if not descriptor_kernel.AVAILABLE:  # the k-d tree route (numpy) of predict_block
+            return Context(job, job.grid, desc, weights)
+        # the compiled descriptor kernel over compact sub-blocks, and the reference network
+        dense = None if job.local_tables else DenseDescriptors(desc, "cpu", engine="numba")
+        return Context(job, job.grid, desc, weights, dense, MemberByMember(job.model, weights), engine="numba")
     dense = None if job.local_tables else DenseDescriptors(desc, job.device)
     return Context(job, job.grid, desc, weights, dense, Predictor(job.model.network, weights, job.device))
 
@@ -300,7 +322,7 @@ class Block:
 
 def predict_block(ctx: Context, index: int) -> Block:
     """The raw prediction and statistics of block ``index``."""
-    if ctx.job.device is not None:
+    if ctx.predictor is not None:  # the device path, or the compiled kernel on this CPU
         return _predict_block_dense(ctx, index)
     job = ctx.job
     flat = job.plan.flat_indices(index)
@@ -335,7 +357,7 @@ def _predict_block_dense(ctx: Context, index: int) -> Block:
 
     job = ctx.job
     shape = job.plan.block_shape(index)
-    dev = torch.device(job.device)
+    dev = torch.device(job.device or "cpu")
     order, sizes = ctx.sub_block_orders.setdefault(shape, _sub_block_order(shape, DENSE_SUB_BLOCK_POINTS))
     points = ctx.grid.points_bohr_at(job.plan.flat_indices(index)[order])
     n = int(order.size)
@@ -347,7 +369,7 @@ def _predict_block_dense(ctx: Context, index: int) -> Block:
     for g in range(0, len(sizes), per_call):
         lo, hi = int(starts[g]), int(ends[min(g + per_call, len(sizes)) - 1])
         groups = np.split(points[lo:hi], ends[g:g + per_call][:-1] - lo)
-        d = ctx.dense.compute_blocks(groups) if ctx.dense is not None else source.compute_dense(groups, dev)
+        d = ctx.dense.compute_blocks(groups) if ctx.dense is not None else source.compute_dense(groups, dev, ctx.engine)
         mean[lo:hi], ale[lo:hi], epi[lo:hi] = ctx.predictor.predict(d)
     back = torch.as_tensor(np.argsort(order), device=dev)  # sub-block order -> the block's C order
     mean, ale, epi = mean[back], ale[back], epi[back]

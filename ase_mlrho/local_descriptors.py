@@ -165,14 +165,15 @@ class BlockDescriptors:
             return out, out
         return self._checked(points_bohr, run)
 
-    def compute_dense(self, blocks, device="cpu"):
+    def compute_dense(self, blocks, device="cpu", engine="torch"):
         """The same for a list of compact groups of points, as one float32 torch tensor on ``device``
-        (rows in order), from dense tables of the cluster (:class:`~ase_mlrho.dense_descriptors.DenseDescriptors`)."""
+        (rows in order), from dense tables of the cluster (:class:`~ase_mlrho.dense_descriptors.DenseDescriptors`
+        with ``engine``)."""
         from .dense_descriptors import DenseDescriptors
 
         def run(desc, pts):
             if self._dense is None or self._dense.ref is not desc:
-                self._dense = DenseDescriptors(desc, device, r_m_bohr=self.owner.r_m_bohr)
+                self._dense = DenseDescriptors(desc, device, r_m_bohr=self.owner.r_m_bohr, engine=engine)
             out = self._dense.compute_blocks(pts)
             return out, out.max(dim=0).values.double().cpu().numpy()[None, :]  # the check needs column maxima only
         return self._checked(blocks, run)

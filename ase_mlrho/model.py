@@ -143,11 +143,17 @@ class RadialBaseline(nn.Module):
             blocks.append(w)
         return torch.cat(blocks, dim=1)
 
-    def forward(self, desc: torch.Tensor) -> torch.Tensor:
+    def knots(self, desc: torch.Tensor) -> list:
+        """:meth:`_knots` of every species block (they depend on the descriptor only: an ensemble's
+        members, whose tables differ, share them)."""
+        return [self._knots(desc, b) for b in range(len(self.spec.species))]
+
+    def forward(self, desc: torch.Tensor, knots: list | None = None) -> torch.Tensor:
         """Baseline density at each point (float64), by direct interpolation (same as design @ table)."""
         total = torch.zeros(desc.shape[0], dtype=torch.float64)
+        knots = self.knots(desc) if knots is None else knots
         for b in range(len(self.spec.species)):
-            i0, frac, inside = self._knots(desc, b)
+            i0, frac, inside = knots[b]
             table = self.table[b]
             value = table[i0] * (1.0 - frac) + table[i0 + 1] * frac
             total += torch.where(inside, value, torch.zeros_like(value)).sum(dim=1)
@@ -233,16 +239,23 @@ class DensityNetwork(nn.Module):
             return [layer.sample_weights(n_samples, gen) for layer in self.layers]
 
     @torch.no_grad()
-    def predict(self, desc, n_samples: int = 8, seed: int = 0, weight_sets=None) -> Prediction:
+    def shared_inputs(self, desc) -> tuple:
+        """What every network of one descriptor spec and config computes alike from ``desc``: the
+        float32 tensor, its unscaled features and the baseline's knots (an ensemble makes them once)."""
+        desc_t = torch.as_tensor(np.asarray(desc, dtype=np.float32))
+        return desc_t, self.raw_features(desc_t), self.baseline.knots(desc_t)
+
+    def predict(self, desc, n_samples: int = 8, seed: int = 0, weight_sets=None, inputs=None) -> Prediction:
         """Mean density and sigmas (electrons/Bohr^3) at the points whose descriptors are given.
 
         mean = average over weight sets of the predicted mean; aleatoric variance = average of the
         predicted noise variances; epistemic variance = variance of the means over weight sets.
         Both sigmas are multiplied by the calibration factor fitted on validation snapshots.
+        ``inputs``: :meth:`shared_inputs` of ``desc``, when the caller has them already.
         """
-        desc_t = torch.as_tensor(np.asarray(desc, dtype=np.float32))
+        desc_t, raw, knots = self.shared_inputs(desc) if inputs is None else inputs
         weight_sets = weight_sets if weight_sets is not None else self.sample_weight_sets(n_samples, seed)
-        x = self.features(desc_t)  # (P, F)
+        x = (raw - self.x_mean) / self.x_std  # (P, F), as features()
         w0, b0 = weight_sets[0]
         n_sets, n_out = w0.shape[0], w0.shape[1]
         # first layer: one matrix product for all weight sets at once, (P, S*out) -> contiguous (S, P, out)
@@ -258,7 +271,7 @@ class DensityNetwork(nn.Module):
         var_ale = (sig * sig).mean(dim=0)
         var_epi = mu.var(dim=0, unbiased=False) if s > 1 else torch.zeros_like(mean_y)
         scale = self.y_std * self.sigma_scale
-        rho = self.baseline(desc_t) + self.y_mean + self.y_std * mean_y
+        rho = self.baseline(desc_t, knots) + self.y_mean + self.y_std * mean_y
         return Prediction(
             mean=rho.numpy(),
             sigma_aleatoric=(scale * torch.sqrt(var_ale)).numpy(),
@@ -311,9 +324,9 @@ class DensityEnsemble(nn.Module):
     @torch.no_grad()
     def predict(self, desc, n_samples: int = 8, seed: int = 0, weight_sets=None) -> Prediction:
         """Mean density and sigmas (electrons/Bohr^3) of the mixture of the members."""
-        desc = np.asarray(desc, dtype=np.float32)
+        inputs = self.members[0].shared_inputs(desc)  # the same for every member: made once
         weight_sets = weight_sets if weight_sets is not None else self.sample_weight_sets(n_samples, seed)
-        preds = [m.predict(desc, weight_sets=w) for m, w in zip(self.members, weight_sets)]
+        preds = [m.predict(None, weight_sets=w, inputs=inputs) for m, w in zip(self.members, weight_sets)]
         means = np.stack([p.mean for p in preds])
         mean = means.mean(axis=0)
         var_ale = np.mean([p.sigma_aleatoric ** 2 for p in preds], axis=0)

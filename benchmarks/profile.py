@@ -9,7 +9,8 @@ One torch thread, one process; each stage is timed on the same grid points (``--
 box of the grid, the way blocks are cut) after a warm-up call, best of ``--repeat``:
 
 * start-up: importing the package and loading the model (a fresh interpreter, wall seconds);
-* descriptors: the k-d tree path (default, numpy) and the dense torch path (``--device``), float32;
+* descriptors: the compiled kernel over compact sub-blocks (default, numba), the k-d tree path
+  (numpy; where numba is missing) and the dense torch path (``--device``), float32;
 * network: member by member (``DensityNetwork.predict``, the default path) and stacked
   (:class:`~ase_mlrho.predictor.Predictor`, the device path), with the model's weight samples, with
   one sample per member, and with the posterior means only (no epistemic sigma): what the
@@ -80,9 +81,11 @@ def main(argv=None) -> int:
     n = len(pts)
     tree = Descriptors.from_atoms(model.spec, atoms)
     dense = DenseDescriptors(tree)
+    fast = DenseDescriptors(tree, engine="numba")
     shape = tuple(s.stop - s.start for s in box)
     subs = [grid.points_bohr_at(box_flat_indices(grid.shape, tuple(
         slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, sub)))) for sub in compact_sub_blocks(shape, 512)]
+    rows["descriptors, compiled kernel (default)"] = best_rate(lambda: fast.compute_blocks(subs), n, args.repeat)
     rows["descriptors, k-d tree path"] = best_rate(lambda: tree.compute(pts), n, args.repeat)
     rows["descriptors, dense path (CPU)"] = best_rate(lambda: dense.compute_blocks(subs), n, args.repeat)
 
@@ -102,7 +105,7 @@ def main(argv=None) -> int:
             target = None if output is None else str(Path(tmp) / output)
             t = time.process_time()
             run_prediction(model, atoms, target, InferenceSettings(device=device))
-            label = "k-d tree" if device is None else "dense"
+            label = "default (compiled kernel)" if device is None else "dense torch"
             rows[f"end to end, serial, {label} path, output {output or 'in memory'}"] = \
                 grid.n_points / (time.process_time() - t)
     print(f"{args.model} on {Path(args.structure).name}: {len(atoms)} atoms, grid {grid.shape}, "

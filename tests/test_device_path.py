@@ -59,6 +59,12 @@ def test_dense_descriptors_equal_the_kd_tree_ones(name, make, corner):
     assert got32.dtype == np.float32
     np.testing.assert_allclose(got32, expected, rtol=2e-6, atol=2e-5)
     assert dense32.fallback_points < len(pts)  # the dense route did the work, not the fallback
+    # the compiled kernel (the default CPU path): float64 throughout, rounded once to float32
+    fast = DenseDescriptors(ref, engine="numba")
+    got = fast.compute(pts).numpy()
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1.2e-7, atol=1e-30)
+    assert fast.fallback_points < len(pts)
 
 
 def test_perfect_crystal_ties_go_to_the_reference():
@@ -68,9 +74,26 @@ def test_perfect_crystal_ties_go_to_the_reference():
     ref = Descriptors.from_atoms(spec, atoms)
     grid = Grid.from_atoms(atoms, 0.25)
     pts = _compact_points(grid, (0, 0, 0), 8)
-    dense = DenseDescriptors(ref)
-    dense.compute(pts)
-    assert dense.fallback_points > 0
+    expected = ref.compute_float64(pts)
+    for engine in ("torch", "numba"):
+        dense = DenseDescriptors(ref, engine=engine)
+        got = dense.compute(pts).numpy()
+        assert dense.fallback_points > 0
+        np.testing.assert_allclose(got, expected, rtol=2e-6, atol=2e-5)
+
+
+def test_numba_engine_with_wide_selections_and_uneven_centres():
+    """Blocks far larger than a sub-block (hundreds of images, the early stop doing the work) and
+    Set III centres that are not equally spaced (the direct Gaussians instead of the recursion)."""
+    import dataclasses
+
+    spec = dataclasses.replace(load_model("al-pbe").spec, angular_centers_bohr=(0.0, 1.0, 2.5, 5.0, 7.0))
+    atoms = _al_vacancy_cell().repeat((1, 2, 2))
+    ref = Descriptors.from_atoms(spec, atoms)
+    grid = Grid.from_atoms(atoms, 0.3)
+    pts = _compact_points(grid, (5, 11, 2), 20)
+    got = DenseDescriptors(ref, engine="numba").compute(pts).numpy()
+    np.testing.assert_allclose(got, ref.compute_float64(pts), rtol=1.2e-7, atol=1e-30)
 
 
 def test_sub_blocks_tile_the_box_once():
@@ -121,8 +144,9 @@ def test_cpu_and_device_paths_match_the_float64_reference():
     atoms = _al_vacancy_cell()
     grid = Grid.from_atoms(atoms, model.mesh_spacing_bohr)
     ref_mean, ref_ale, ref_epi = _float64_field(model, atoms, grid, model.n_samples, seed=5)
-    for device in (None, "cpu"):
-        run = run_prediction(model, atoms, None, InferenceSettings(seed=5, device=device, chunk_points=20000))
+    for device, tables in ((None, "structure"), (None, "block"), ("cpu", "structure")):
+        run = run_prediction(model, atoms, None, InferenceSettings(seed=5, device=device, chunk_points=20000,
+                                                                   neighbour_tables=tables))
         f = run.field
         raw = f.density.reshape(-1) / f.renormalisation_factor  # no point is clipped in bulk Al
         assert np.all(ref_mean > 0)

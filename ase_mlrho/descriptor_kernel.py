@@ -1,0 +1,270 @@
+"""Sets I, II and III of compact blocks of grid points in one compiled loop per point (numba, CPU).
+
+The same selection as :class:`~ase_mlrho.dense_descriptors.DenseDescriptors` (the atom images within
+a radius of a block's centre are known before any point is looked at), without the dense tensors:
+for each point the distances to the block's images are formed once, in float64, and
+
+* Set I keeps the M nearest with an insertion into a sorted list (no full sort);
+* Set II takes the M_s nearest atoms' neighbour tables (the same per-atom tables and the same
+  "nearest shell first, then the largest cosines" rule as :meth:`Descriptors._set2`);
+* Set III accumulates c_nlm = sum_i g_n(d_i) f_c(d_i) Y_lm(u_i) over the images within the cut-off,
+  with the real spherical harmonics of :func:`~ase_mlrho.angular.real_spherical_harmonics` by the
+  same recursion, then p_nn'l = sum_m c_nlm c_n'lm in the layout of
+  :func:`~ase_mlrho.angular.power_spectrum_tensor`.
+
+Everything is float64 until the float32 output, so the result is the float64 reference rounded
+once. Points the block cannot vouch for (an M-th distance or the Set III sphere beyond the block's
+selection, or M_s + 1 nearest distances within ``tie_bohr`` of each other, which Set II orders by a
+rule of its own) are flagged, and the caller gives them to the float64 reference.
+
+Why: on a CPU the k-d tree queries and the batched torch Set III cost ~14 us per point (two thirds
+of a prediction, ``benchmarks/profile.py``); this loop does the same work in a few microseconds.
+Units: Bohr.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+try:  # numba is a dependency; the torch path remains the definition and the fallback
+    from numba import njit
+except ImportError:  # pragma: no cover - exercised only where numba is missing
+    njit = None
+
+__all__ = ["AVAILABLE", "ylm_norms", "species_block"]
+
+AVAILABLE = njit is not None
+
+
+def ylm_norms(l_max: int) -> np.ndarray:
+    """(l_max+1, l_max+1) normalisation of the real harmonics, [l, m] for m <= l (sqrt 2 included for m > 0)."""
+    out = np.zeros((l_max + 1, l_max + 1))
+    for l in range(l_max + 1):
+        for m in range(l + 1):
+            norm = math.sqrt((2 * l + 1) / (4 * math.pi) * math.factorial(l - m) / math.factorial(l + m))
+            out[l, m] = norm if m == 0 else math.sqrt(2.0) * norm
+    return out
+
+
+def _double_factorials(l_max: int) -> np.ndarray:
+    out = np.ones(l_max + 1)
+    for m in range(1, l_max + 1):
+        out[m] = out[m - 1] * (2 * m - 1)
+    return out
+
+
+def _ylm(x, y, z, l_max, norms, dfact, c_m, s_m, out):
+    """Real orthonormal Y_lm of the unit vector (x, y, z) into ``out`` ((l_max+1)^2, index l*l + l + m)."""
+    c_m[0] = 1.0
+    s_m[0] = 0.0
+    for m in range(1, l_max + 1):
+        c_m[m] = c_m[m - 1] * x - s_m[m - 1] * y
+        s_m[m] = c_m[m - 1] * y + s_m[m - 1] * x
+    for m in range(l_max + 1):
+        q_prev2 = 0.0
+        q_prev = dfact[m]
+        for l in range(m, l_max + 1):
+            if l == m:
+                q = q_prev
+            elif l == m + 1:
+                q = z * (2 * m + 1) * q_prev
+            else:
+                q = ((2 * l - 1) * z * q_prev - (l + m - 1) * q_prev2) / (l - m)
+            nq = norms[l, m] * q
+            if m == 0:
+                out[l * l + l] = nq
+            else:
+                out[l * l + l + m] = nq * c_m[m]
+                out[l * l + l - m] = nq * s_m[m]
+            if l > m:
+                q_prev2 = q_prev
+                q_prev = q
+
+
+def _species_block(x, room, counts, img, idx, m, m_s, k, cand, n_cand, shell, l_max, centers, width, r_cut,
+                   norms, dfact, tie_bohr, on_atom_bohr, out, offset, bad):
+    """Fill ``out[b, p, offset:offset + n_per_species]`` (float32) for every block b and point p, and
+    set ``bad[b, p]`` (uint8) where the selection cannot vouch for the point: 1 when its descriptor
+    reaches beyond the selection, 2 when its nearest atoms are tied. Padding rows have room < 0.
+
+    x (B, P, 3), room (B, P): points relative to their block's centre, and the radius left around
+    each; counts (B,), img (B, C, 3), idx (B, C): the block's images of this species (relative to the
+    centre, nearest to the centre first) and their atom numbers in the Set II tables cand (N, Cc, 3) /
+    n_cand (N,) / shell (N, Cc)."""
+    n_b, n_p = room.shape
+    n_rad = centers.shape[0]
+    n_lm = (l_max + 1) * (l_max + 1)
+    c_max = img.shape[1]
+    dist = np.empty(c_max)
+    dvec = np.empty((c_max, 3))
+    top_d = np.empty(m)
+    top_j = np.empty(m, np.int64)
+    c_nlm = np.zeros((max(n_rad, 1), max(n_lm, 1)))
+    ylm = np.empty(max(n_lm, 1))
+    g = np.empty(max(n_rad, 1))
+    c_m = np.empty(l_max + 2)
+    s_m = np.empty(l_max + 2)
+    n_cc = cand.shape[1]
+    cosv = np.empty(max(n_cc, 1))
+    keyv = np.empty(max(n_cc, 1))
+    pick = np.empty(max(k, 1))
+    inv_2w2 = 1.0 / (2.0 * width * width) if width > 0 else 0.0
+    step = centers[1] - centers[0] if n_rad > 1 else 0.0
+    equal_steps = n_rad > 1
+    for n in range(2, n_rad):
+        if abs(centers[n] - centers[n - 1] - step) > 1e-12 * max(1.0, abs(step)):
+            equal_steps = False
+    q_step = math.exp(-2.0 * inv_2w2 * step * step)
+    for b in range(n_b):
+        nc = counts[b]
+        for p in range(n_p):
+            r = room[b, p]
+            if r < 0.0:
+                continue
+            px, py, pz = x[b, p, 0], x[b, p, 1], x[b, p, 2]
+            # ---- distances and Set I: the M nearest, sorted, by insertion
+            for i in range(m):
+                top_d[i] = np.inf
+                top_j[i] = -1
+            # images come nearest to the centre first: once |image| - |x| exceeds both the M-th
+            # distance so far and the Set III cut-off, no later image can matter to this point
+            r_x = math.sqrt(px * px + py * py + pz * pz)
+            reach = r_cut if n_rad > 0 else 0.0
+            n_seen = nc
+            for j in range(nc):
+                dx = img[b, j, 0] - px
+                dy = img[b, j, 1] - py
+                dz = img[b, j, 2] - pz
+                r_img = math.sqrt(img[b, j, 0] ** 2 + img[b, j, 1] ** 2 + img[b, j, 2] ** 2)
+                if r_img - r_x > max(top_d[m - 1], reach) + 1e-9:
+                    n_seen = j
+                    break
+                d = math.sqrt(dx * dx + dy * dy + dz * dz)
+                dist[j] = d
+                dvec[j, 0] = dx
+                dvec[j, 1] = dy
+                dvec[j, 2] = dz
+                if d < top_d[m - 1]:
+                    i = m - 1
+                    while i > 0 and top_d[i - 1] > d:
+                        top_d[i] = top_d[i - 1]
+                        top_j[i] = top_j[i - 1]
+                        i -= 1
+                    top_d[i] = d
+                    top_j[i] = j
+            if top_d[m - 1] + 1e-6 > r or (n_rad > 0 and r < r_cut):
+                bad[b, p] = 1  # beyond the selection: the reference computes it, the caller widens
+                continue
+            tied = False
+            for i in range(1, min(m, m_s + 1)):
+                if top_d[i] - top_d[i - 1] <= tie_bohr:
+                    tied = True
+            if tied:
+                bad[b, p] = 2  # Set II's own order among tied atoms: the reference computes it
+                continue
+            for i in range(m):
+                out[b, p, offset + i] = top_d[i]
+            # ---- Set II: cosines at x between r_i - x and r_j - x, j among the neighbours of atom i
+            o = offset + m
+            for i in range(m_s):
+                jj = top_j[i]
+                a = idx[b, jj]
+                ax, ay, az = dvec[jj, 0], dvec[jj, 1], dvec[jj, 2]
+                norm_i = top_d[i]
+                nca = n_cand[a]
+                for c in range(nca):
+                    qx = ax + cand[a, c, 0]
+                    qy = ay + cand[a, c, 1]
+                    qz = az + cand[a, c, 2]
+                    norm_j = math.sqrt(qx * qx + qy * qy + qz * qz)
+                    if norm_i < on_atom_bohr or norm_j < on_atom_bohr:
+                        cs = 1.0
+                    else:
+                        cs = (ax * qx + ay * qy + az * qz) / (norm_i * norm_j)
+                        cs = min(1.0, max(-1.0, cs))
+                    cosv[c] = cs
+                    keyv[c] = shell[a, c] * 4.0 - cs
+                if nca > k:
+                    # nearest shell first, then the largest cosines (the reference's rule among ties)
+                    for t in range(k):
+                        best = -1
+                        for c in range(nca):
+                            if keyv[c] < np.inf and (best < 0 or keyv[c] < keyv[best]):
+                                best = c
+                        pick[t] = cosv[best]
+                        keyv[best] = np.inf
+                else:
+                    for t in range(k):
+                        pick[t] = cosv[t]
+                # descending
+                for t in range(1, k):
+                    v = pick[t]
+                    s = t
+                    while s > 0 and pick[s - 1] < v:
+                        pick[s] = pick[s - 1]
+                        s -= 1
+                    pick[s] = v
+                for t in range(k):
+                    out[b, p, o + i * k + t] = pick[t]
+            # ---- Set III: power spectrum of the images within the cut-off
+            if n_rad == 0:
+                continue
+            o = offset + m + m_s * k
+            for n in range(n_rad):
+                for q in range(n_lm):
+                    c_nlm[n, q] = 0.0
+            for j in range(n_seen):
+                d = dist[j]
+                if d >= r_cut:
+                    continue
+                wgt = 0.5 * (1.0 + math.cos(d * (math.pi / r_cut)))
+                t = d - centers[0]
+                if equal_steps and t * t * inv_2w2 < 600.0:
+                    # equally spaced centres: g_{n+1} = g_n * ratio_n, ratio_{n+1} = ratio_n * q (two exp)
+                    gn = math.exp(-t * t * inv_2w2) * wgt
+                    ratio = math.exp(inv_2w2 * step * (2.0 * t - step))
+                    for n in range(n_rad):
+                        g[n] = gn
+                        gn *= ratio
+                        ratio *= q_step
+                else:
+                    for n in range(n_rad):
+                        t = d - centers[n]
+                        g[n] = math.exp(-t * t * inv_2w2) * wgt
+                if d < 1e-8:
+                    _ylm(0.0, 0.0, 1.0, l_max, norms, dfact, c_m, s_m, ylm)
+                else:
+                    _ylm(dvec[j, 0] / d, dvec[j, 1] / d, dvec[j, 2] / d, l_max, norms, dfact, c_m, s_m, ylm)
+                for n in range(n_rad):
+                    gn = g[n]
+                    for q in range(n_lm):
+                        c_nlm[n, q] += gn * ylm[q]
+            col = o
+            for l in range(l_max + 1):
+                for n in range(n_rad):
+                    for n2 in range(n, n_rad):
+                        acc = 0.0
+                        for q in range(l * l, (l + 1) * (l + 1)):
+                            acc += c_nlm[n, q] * c_nlm[n2, q]
+                        out[b, p, col] = acc
+                        col += 1
+
+
+if AVAILABLE:
+    _ylm = njit(cache=True, error_model="numpy", inline="always")(_ylm)
+    _species_block = njit(cache=True, error_model="numpy")(_species_block)
+
+
+def species_block(x, room, counts, img, idx, spec, cand, n_cand, shell, tie_bohr, on_atom_bohr, out, offset, bad):
+    """Run the compiled kernel for one species (see :func:`_species_block`); arrays as described there,
+    ``out`` float32 (B, P, n_features), ``bad`` uint8 (B, P)."""
+    l_max = spec.angular_l_max if spec.has_angular else 0
+    centers = np.asarray(spec.angular_centers_bohr if spec.has_angular else (), dtype=np.float64)
+    _species_block(np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(room, dtype=np.float64),
+                   np.ascontiguousarray(counts, dtype=np.int64), np.ascontiguousarray(img, dtype=np.float64),
+                   np.ascontiguousarray(idx, dtype=np.int64), int(spec.m), int(spec.m_s), int(spec.k),
+                   cand, n_cand, shell, int(l_max), centers, float(spec.angular_width_bohr),
+                   float(spec.angular_cutoff_bohr), ylm_norms(l_max), _double_factorials(l_max),
+                   float(tie_bohr), float(on_atom_bohr), out, int(offset), bad)
