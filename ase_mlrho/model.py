@@ -131,11 +131,13 @@ class RadialBaseline(nn.Module):
         i0 = torch.clamp(torch.floor(t).long(), max=n_knots - 2)
         return i0, t - i0, d < self.r_max_bohr
 
-    def design(self, desc: torch.Tensor) -> torch.Tensor:
-        """(P, n_species * n_knots) linear-interpolation weights, so baseline = design @ table.ravel()."""
+    def design(self, desc: torch.Tensor, knots: list | None = None) -> torch.Tensor:
+        """(P, n_species * n_knots) linear-interpolation weights, so baseline = design @ table.ravel()
+        (an ensemble evaluates all its members' tables with one matrix product)."""
         blocks = []
+        knots = self.knots(desc) if knots is None else knots
         for b in range(len(self.spec.species)):
-            i0, frac, inside = self._knots(desc, b)
+            i0, frac, inside = knots[b]
             inside = inside.to(torch.float64)
             w = torch.zeros(desc.shape[0], self.table.shape[1], dtype=torch.float64)
             w.scatter_add_(1, i0, (1.0 - frac) * inside)
@@ -245,13 +247,15 @@ class DensityNetwork(nn.Module):
         desc_t = torch.as_tensor(np.asarray(desc, dtype=np.float32))
         return desc_t, self.raw_features(desc_t), self.baseline.knots(desc_t)
 
-    def predict(self, desc, n_samples: int = 8, seed: int = 0, weight_sets=None, inputs=None) -> Prediction:
+    def predict(self, desc, n_samples: int = 8, seed: int = 0, weight_sets=None, inputs=None,
+                baseline=None) -> Prediction:
         """Mean density and sigmas (electrons/Bohr^3) at the points whose descriptors are given.
 
         mean = average over weight sets of the predicted mean; aleatoric variance = average of the
         predicted noise variances; epistemic variance = variance of the means over weight sets.
         Both sigmas are multiplied by the calibration factor fitted on validation snapshots.
-        ``inputs``: :meth:`shared_inputs` of ``desc``, when the caller has them already.
+        ``inputs``: :meth:`shared_inputs` of ``desc``, and ``baseline``: this network's baseline
+        density at the points (float64), when the caller has them already.
         """
         desc_t, raw, knots = self.shared_inputs(desc) if inputs is None else inputs
         weight_sets = weight_sets if weight_sets is not None else self.sample_weight_sets(n_samples, seed)
@@ -266,12 +270,12 @@ class DensityNetwork(nn.Module):
             h = torch.baddbmm(b.unsqueeze(1), nn.functional.silu(h, inplace=True), w.transpose(1, 2))
         mu = h[:, :, 0].to(torch.float64)
         sig = nn.functional.softplus(h[:, :, 1]).to(torch.float64) + 1e-4
-        s = mu.shape[0]
         mean_y = mu.mean(dim=0)
         var_ale = (sig * sig).mean(dim=0)
-        var_epi = mu.var(dim=0, unbiased=False) if s > 1 else torch.zeros_like(mean_y)
+        var_epi = ((mu - mean_y) ** 2).mean(dim=0)  # the spread over weight sets (0 for one set)
         scale = self.y_std * self.sigma_scale
-        rho = self.baseline(desc_t, knots) + self.y_mean + self.y_std * mean_y
+        base = self.baseline(desc_t, knots) if baseline is None else baseline
+        rho = base + self.y_mean + self.y_std * mean_y
         return Prediction(
             mean=rho.numpy(),
             sigma_aleatoric=(scale * torch.sqrt(var_ale)).numpy(),
@@ -324,9 +328,14 @@ class DensityEnsemble(nn.Module):
     @torch.no_grad()
     def predict(self, desc, n_samples: int = 8, seed: int = 0, weight_sets=None) -> Prediction:
         """Mean density and sigmas (electrons/Bohr^3) of the mixture of the members."""
-        inputs = self.members[0].shared_inputs(desc)  # the same for every member: made once
+        first = self.members[0]
+        inputs = first.shared_inputs(desc)  # the same for every member: made once
+        # every member's baseline from one interpolation matrix (their tables differ, the knots do not)
+        tables = torch.stack([m.baseline.table.reshape(-1) for m in self.members], dim=1)
+        base = first.baseline.design(inputs[0], inputs[2]) @ tables  # (P, members)
         weight_sets = weight_sets if weight_sets is not None else self.sample_weight_sets(n_samples, seed)
-        preds = [m.predict(None, weight_sets=w, inputs=inputs) for m, w in zip(self.members, weight_sets)]
+        preds = [m.predict(None, weight_sets=w, inputs=inputs, baseline=base[:, i])
+                 for i, (m, w) in enumerate(zip(self.members, weight_sets))]
         means = np.stack([p.mean for p in preds])
         mean = means.mean(axis=0)
         var_ale = np.mean([p.sigma_aleatoric ** 2 for p in preds], axis=0)
