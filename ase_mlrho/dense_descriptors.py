@@ -49,11 +49,17 @@ def compact_sub_blocks(shape, max_points: int):
 
     Yields tuples of three slices. Compact boxes keep the set of atoms they can see small."""
     shape = tuple(int(n) for n in shape)
-    edge = max(1, int(round(max(1, int(max_points)) ** (1.0 / 3.0))))
-    sub = [min(n, edge) for n in shape]
-    while np.prod(sub) > max_points and max(sub) > 1:
-        i = int(np.argmax(sub))
-        sub[i] -= 1
+    max_points = max(1, int(max_points))
+    # grow the shortest edge that can still grow, while the box stays within max_points: near-cubic
+    # boxes, and full-size ones in thin blocks too (a block one plane thick gets 1 x 22 x 23, not 1 x 8 x 8)
+    sub = [1, 1, 1]
+    while True:
+        open_axes = [i for i in range(3) if sub[i] < shape[i]
+                     and np.prod(sub) // sub[i] * (sub[i] + 1) <= max_points]
+        if not open_axes:
+            break
+        i = min(open_axes, key=lambda a: (sub[a], a))
+        sub[i] += 1
     counts = [math.ceil(n / b) for n, b in zip(shape, sub)]
     for i in range(counts[0]):
         for j in range(counts[1]):

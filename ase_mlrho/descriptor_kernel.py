@@ -55,23 +55,26 @@ def _double_factorials(l_max: int) -> np.ndarray:
     return out
 
 
-def _ylm(x, y, z, l_max, norms, dfact, c_m, s_m, out):
-    """Real orthonormal Y_lm of the unit vector (x, y, z) into ``out`` ((l_max+1)^2, index l*l + l + m)."""
+def _ylm(x, y, z, l_max, norms, dfact, rec_a, rec_b, c_m, s_m, out):
+    """Real orthonormal Y_lm of the unit vector (x, y, z) into ``out`` ((l_max+1)^2, index l*l + l + m):
+    Q_l^m(z) = P_l^m(z) / sin^m(theta) by the upward recursion in l, with the coefficients
+    (2l-1)/(l-m) and (l+m-1)/(l-m) tabulated (:func:`_recursion`), times cos(m phi) and sin(m phi)
+    sin^m(theta) from (x + i y)^m."""
     c_m[0] = 1.0
     s_m[0] = 0.0
     for m in range(1, l_max + 1):
         c_m[m] = c_m[m - 1] * x - s_m[m - 1] * y
         s_m[m] = c_m[m - 1] * y + s_m[m - 1] * x
     for m in range(l_max + 1):
-        q_prev2 = 0.0
-        q_prev = dfact[m]
+        q2 = 0.0
+        q1 = dfact[m]
         for l in range(m, l_max + 1):
-            if l == m:
-                q = q_prev
-            elif l == m + 1:
-                q = z * (2 * m + 1) * q_prev
+            if l == m + 1:
+                q = z * (2 * m + 1) * q1
+            elif l > m + 1:
+                q = rec_a[l, m] * z * q1 - rec_b[l, m] * q2
             else:
-                q = ((2 * l - 1) * z * q_prev - (l + m - 1) * q_prev2) / (l - m)
+                q = q1
             nq = norms[l, m] * q
             if m == 0:
                 out[l * l + l] = nq
@@ -79,19 +82,29 @@ def _ylm(x, y, z, l_max, norms, dfact, c_m, s_m, out):
                 out[l * l + l + m] = nq * c_m[m]
                 out[l * l + l - m] = nq * s_m[m]
             if l > m:
-                q_prev2 = q_prev
-                q_prev = q
+                q2 = q1
+                q1 = q
 
 
-def _species_block(x, room, counts, img, idx, m, m_s, k, cand, n_cand, shell, l_max, centers, width, r_cut,
-                   norms, dfact, tie_bohr, on_atom_bohr, out, offset, bad):
+def _recursion(l_max: int) -> tuple[np.ndarray, np.ndarray]:
+    """(2l-1)/(l-m) and (l+m-1)/(l-m) for l >= m + 2 (zero elsewhere): :func:`_ylm`'s recursion."""
+    a, b = np.zeros((l_max + 1, l_max + 1)), np.zeros((l_max + 1, l_max + 1))
+    for l in range(l_max + 1):
+        for m in range(max(0, l - 1)):
+            a[l, m] = (2 * l - 1) / (l - m)
+            b[l, m] = (l + m - 1) / (l - m)
+    return a, b
+
+
+def _species_block(x, room, counts, img, img_r, idx, m, m_s, k, cand, n_cand, shell, l_max, centers, width, r_cut,
+                   norms, dfact, rec_a, rec_b, tie_bohr, on_atom_bohr, out, offset, bad):
     """Fill ``out[b, p, offset:offset + n_per_species]`` (float32) for every block b and point p, and
     set ``bad[b, p]`` (uint8) where the selection cannot vouch for the point: 1 when its descriptor
     reaches beyond the selection, 2 when its nearest atoms are tied. Padding rows have room < 0.
 
     x (B, P, 3), room (B, P): points relative to their block's centre, and the radius left around
-    each; counts (B,), img (B, C, 3), idx (B, C): the block's images of this species (relative to the
-    centre, nearest to the centre first) and their atom numbers in the Set II tables cand (N, Cc, 3) /
+    each; counts (B,), img (B, C, 3), img_r (B, C), idx (B, C): the block's images of this species
+    (relative to the centre, nearest to the centre first), their distances from it, and their atom numbers in the Set II tables cand (N, Cc, 3) /
     n_cand (N,) / shell (N, Cc)."""
     n_b, n_p = room.shape
     n_rad = centers.shape[0]
@@ -134,13 +147,12 @@ def _species_block(x, room, counts, img, idx, m, m_s, k, cand, n_cand, shell, l_
             reach = r_cut if n_rad > 0 else 0.0
             n_seen = nc
             for j in range(nc):
+                if img_r[b, j] - r_x > max(top_d[m - 1], reach) + 1e-9:
+                    n_seen = j
+                    break
                 dx = img[b, j, 0] - px
                 dy = img[b, j, 1] - py
                 dz = img[b, j, 2] - pz
-                r_img = math.sqrt(img[b, j, 0] ** 2 + img[b, j, 1] ** 2 + img[b, j, 2] ** 2)
-                if r_img - r_x > max(top_d[m - 1], reach) + 1e-9:
-                    n_seen = j
-                    break
                 d = math.sqrt(dx * dx + dy * dy + dz * dz)
                 dist[j] = d
                 dvec[j, 0] = dx
@@ -234,9 +246,11 @@ def _species_block(x, room, counts, img, idx, m, m_s, k, cand, n_cand, shell, l_
                         t = d - centers[n]
                         g[n] = math.exp(-t * t * inv_2w2) * wgt
                 if d < 1e-8:
-                    _ylm(0.0, 0.0, 1.0, l_max, norms, dfact, c_m, s_m, ylm)
+                    _ylm(0.0, 0.0, 1.0, l_max, norms, dfact, rec_a, rec_b, c_m, s_m, ylm)
                 else:
-                    _ylm(dvec[j, 0] / d, dvec[j, 1] / d, dvec[j, 2] / d, l_max, norms, dfact, c_m, s_m, ylm)
+                    inv_d = 1.0 / d
+                    _ylm(dvec[j, 0] * inv_d, dvec[j, 1] * inv_d, dvec[j, 2] * inv_d, l_max, norms, dfact, rec_a, rec_b,
+                         c_m, s_m, ylm)
                 for n in range(n_rad):
                     gn = g[n]
                     for q in range(n_lm):
@@ -262,9 +276,10 @@ def species_block(x, room, counts, img, idx, spec, cand, n_cand, shell, tie_bohr
     ``out`` float32 (B, P, n_features), ``bad`` uint8 (B, P)."""
     l_max = spec.angular_l_max if spec.has_angular else 0
     centers = np.asarray(spec.angular_centers_bohr if spec.has_angular else (), dtype=np.float64)
+    img = np.ascontiguousarray(img, dtype=np.float64)
     _species_block(np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(room, dtype=np.float64),
-                   np.ascontiguousarray(counts, dtype=np.int64), np.ascontiguousarray(img, dtype=np.float64),
+                   np.ascontiguousarray(counts, dtype=np.int64), img, np.sqrt(np.einsum("bcd,bcd->bc", img, img)),
                    np.ascontiguousarray(idx, dtype=np.int64), int(spec.m), int(spec.m_s), int(spec.k),
                    cand, n_cand, shell, int(l_max), centers, float(spec.angular_width_bohr),
-                   float(spec.angular_cutoff_bohr), ylm_norms(l_max), _double_factorials(l_max),
+                   float(spec.angular_cutoff_bohr), ylm_norms(l_max), _double_factorials(l_max), *_recursion(l_max),
                    float(tie_bohr), float(on_atom_bohr), out, int(offset), bad)

@@ -259,7 +259,7 @@ class DensityNetwork(nn.Module):
         """
         desc_t, raw, knots = self.shared_inputs(desc) if inputs is None else inputs
         weight_sets = weight_sets if weight_sets is not None else self.sample_weight_sets(n_samples, seed)
-        x = (raw - self.x_mean) / self.x_std  # (P, F), as features()
+        x = (raw - self.x_mean).div_(self.x_std)  # (P, F), as features(), one temporary array
         w0, b0 = weight_sets[0]
         n_sets, n_out = w0.shape[0], w0.shape[1]
         # first layer: one matrix product for all weight sets at once, (P, S*out) -> contiguous (S, P, out)

@@ -11,7 +11,8 @@ Each cell (fcc Al, a = 4.05 A, n x n x n conventional cells, 4 n^3 atoms, rattle
 fixed seed) runs in a fresh Python process, which reports its wall time, points/s and peak RSS
 (its own and its worker processes', from ``getrusage``). Cells with at most ``--full-points`` grid
 points are predicted completely, to a zarr store (bounded memory; the store is deleted
-afterwards). Larger cells run ``--sample-blocks`` blocks of the same prediction and extrapolate
+afterwards). Larger cells run one warm-up block per worker (start-up and tables, counted as set-up),
+then ``--sample-blocks`` blocks per worker of the same prediction, timed, and extrapolate
 the time linearly in the number of blocks (every block of a homogeneous crystal costs the same;
 the table marks these rows). The scaling exponent is the slope of log(seconds) against
 log(atoms) between 100 and 10,000 atoms.
@@ -127,19 +128,21 @@ def run_one(n: int, model_path: str, executor: str, workers: int, chunk_points: 
         t0 = time.perf_counter()
         structure = inf.validate_structure(model, atoms)
         job = make_job(model, structure, grid, settings)
-        k = min(job.plan.n_chunks, sample_blocks * max(1, workers if executor != "serial" else 1))
+        n_workers = max(1, workers if executor != "serial" else 1)
+        k = min(job.plan.n_chunks, (sample_blocks + 1) * n_workers)
         with Executor(ex, job) as pool:
             t1 = time.perf_counter()
-            list(pool.predict([0], None))  # warm-up: workers start and build their context
+            # warm-up, one block per worker: every worker starts and builds its context before the clock runs
+            list(pool.predict(list(range(n_workers)), None))
             t2, c2 = time.perf_counter(), time.process_time()
-            done = sum(int(b.stats[0]) for b in pool.predict(list(range(1, k)), None))
+            done = sum(int(b.stats[0]) for b in pool.predict(list(range(n_workers, k)), None))
             t3, c3 = time.perf_counter(), time.process_time()
         if executor == "serial":  # all the work is in this process: an exact, load-independent figure
             row["points_per_cpu_second"] = done / (c3 - c2)
         rate = done / (t3 - t2)
         setup = t2 - t0
-        first = int(np.prod(job.plan.block_shape(0)))
-        seconds = setup + (grid.n_points - first) / rate  # setup includes block 0
+        first = sum(int(np.prod(job.plan.block_shape(i))) for i in range(n_workers))
+        seconds = setup + (grid.n_points - first) / rate  # setup includes the warm-up blocks
         row.update(mode=f"sampled ({k} of {job.plan.n_chunks} blocks)", seconds=seconds, points_per_second=rate,
                    setup_seconds=setup, start_seconds=t1 - t0)
     row["peak_rss_mib_driver"], row["peak_rss_mib_worker"] = peak_rss_mib()
