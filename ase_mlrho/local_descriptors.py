@@ -34,8 +34,10 @@ from .neighbors import plane_spacings, sphere_radius_for_atoms, validate_positio
 
 __all__ = ["LocalDescriptors", "LOCAL_MIN_ATOMS"]
 
-#: cells with at least this many atoms use per-block tables in inference by default
-LOCAL_MIN_ATOMS = 2000
+#: cells with at least this many atoms use per-block tables in inference by default. Below it the
+#: structure-wide tables are cheap (20,000 atoms: 0.55 s to build, ~50 MB) and 5-10 % faster per point
+#: than rebuilding a cluster's tables for every block (measured in session 7, benchmarks/README.md)
+LOCAL_MIN_ATOMS = 20_000
 
 #: edge of the cell-list bins (Bohr); a block's cluster is gathered bin by bin
 _BIN_BOHR = 6.0

@@ -265,11 +265,15 @@ class DensityNetwork(nn.Module):
         # first layer: one matrix product for all weight sets at once, (P, S*out) -> contiguous (S, P, out)
         h = torch.addmm(b0.reshape(-1), x, w0.reshape(n_sets * n_out, -1).T)
         h = h.view(x.shape[0], n_sets, n_out).transpose(0, 1).contiguous()
-        for w, b in weight_sets[1:]:
+        for w, b in weight_sets[1:-1]:
             # in-place SiLU on a contiguous array: the activations are the largest arrays here
             h = torch.baddbmm(b.unsqueeze(1), nn.functional.silu(h, inplace=True), w.transpose(1, 2))
-        mu = h[:, :, 0].to(torch.float64)
-        sig = nn.functional.softplus(h[:, :, 1]).to(torch.float64) + 1e-4
+        # the 2-output layer as W (S, 2, H) @ h^T (S, H, P): a product with 2 rows runs ~6x faster on a
+        # CPU than one with 2 columns, and gives (S, 2, P) with contiguous rows for mu and sigma
+        w, b = weight_sets[-1]
+        out = torch.baddbmm(b.unsqueeze(2), w, nn.functional.silu(h, inplace=True).transpose(1, 2))
+        mu = out[:, 0].to(torch.float64)
+        sig = nn.functional.softplus(out[:, 1]).to(torch.float64) + 1e-4
         mean_y = mu.mean(dim=0)
         var_ale = (sig * sig).mean(dim=0)
         var_epi = ((mu - mean_y) ** 2).mean(dim=0)  # the spread over weight sets (0 for one set)

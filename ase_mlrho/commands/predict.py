@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--neighbour-tables", choices=("auto", "structure", "block"), default="auto",
                    help="neighbour tables of all atoms in every worker (structure), or of the atoms around each "
                         "block only (block: worker memory independent of the cell, for 10^5+ atoms); "
-                        "auto (default) picks block from 2000 atoms on; the results agree to rounding")
+                        "auto (default) picks block from 20000 atoms on; the results agree to rounding")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output (any format); without it an "
                                                             "existing OUT is refused before any work")
     p.add_argument("--device", default=None, metavar="DEV",
