@@ -103,7 +103,14 @@ DEFAULT_RHO_TRIGGER = 20
 #: Si32Ge32               12 / 8       20      350      +2.9e-9 / +1.9e-6        190 / 133
 #: Si32Ge32               8 / 6        20      420/500  +2.3e-8 / +8.0e-8        165 / 158
 #: Si32Ge32               4 / 5 / 6    40/36/30 350     +1.6e-5 / +1.3e-6 / +6.5e-7  122 / 137 / 139
+#: Al32 1500 K, 2x2x2 k   8            30      100      +1.8e-7                  400 (*)   667 s / 23
+#: Al32 1500 K, 2x2x2 k   7 / 6        30      100/120  +2.2e-6 / +4.3e-6        316 / 342
+#: Al32 800 K, 2x2x2 k    7            30      100      +2.7e-6                  333
 #: =====================  ===========  ======  =======  =======================  ========  ==========
+#:
+#: (Session 7; (*) with other work on the machine, ~355 s alone at ~40 s per pass.) With 4 irreducible
+#: k-points the SCF converges in 23 iterations, so the k-point model ``al-pbe`` records 7 passes
+#: (47 % of the fresh SCF) and the Gamma-point ``al-pbe-gamma`` keeps 8.
 #:
 #: A metal's states at the Fermi level converge slowly when the filter's cut-off (the highest state
 #: kept) is close to them; twice the occupied states move it away, and 8 passes then beat SPARC's
