@@ -17,6 +17,9 @@ once. Points the block cannot vouch for (an M-th distance or the Set III sphere 
 selection, or M_s + 1 nearest distances within ``tie_bohr`` of each other, which Set II orders by a
 rule of its own) are flagged, and the caller gives them to the float64 reference.
 
+Also here, for the same CPU path: :func:`radial_baseline_sums`, every ensemble member's radial
+baseline (a table interpolated at the Set I distances) in one loop.
+
 Why: on a CPU the k-d tree queries and the batched torch Set III cost ~14 us per point (two thirds
 of a prediction, ``benchmarks/profile.py``); this loop does the same work in a few microseconds.
 Units: Bohr.
@@ -33,7 +36,7 @@ try:  # numba is a dependency; the torch path remains the definition and the fal
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     njit = None
 
-__all__ = ["AVAILABLE", "ylm_norms", "species_block"]
+__all__ = ["AVAILABLE", "ylm_norms", "species_block", "radial_baseline_sums"]
 
 AVAILABLE = njit is not None
 
@@ -266,9 +269,40 @@ def _species_block(x, room, counts, img, img_r, idx, m, m_s, k, cand, n_cand, sh
                         col += 1
 
 
+def _baseline_sums(d, tables, h, r_max, out):
+    """out[p, k] += sum_j table_k(d[p, j]) for every point p and member k: linear interpolation on the
+    uniform knots of ``tables`` (n_knots, K), zero at and beyond ``r_max`` (as RadialBaseline._knots)."""
+    n_knots = tables.shape[0]
+    n_k = tables.shape[1]
+    for p in range(d.shape[0]):
+        for j in range(d.shape[1]):
+            r = np.float64(d[p, j])
+            if not r < r_max:
+                continue
+            t = min(max(r / h, 0.0), n_knots - 1.0)
+            i0 = min(int(math.floor(t)), n_knots - 2)
+            f = t - i0
+            for k in range(n_k):
+                out[p, k] += tables[i0, k] * (1.0 - f) + tables[i0 + 1, k] * f
+
+
 if AVAILABLE:
+    _baseline_sums = njit(cache=True)(_baseline_sums)
     _ylm = njit(cache=True, error_model="numpy", inline="always")(_ylm)
     _species_block = njit(cache=True, error_model="numpy")(_species_block)
+
+
+def radial_baseline_sums(desc, spec, tables, r_max_bohr: float) -> np.ndarray:
+    """(P, K) radial baselines of K ensemble members at once from the Set I distances of ``desc`` (P, n_features):
+    ``tables`` (n_species, n_knots, K) on uniform knots from 0 to ``r_max_bohr``; the same numbers as
+    :meth:`~ase_mlrho.model.RadialBaseline.forward` per member, without the float64 work arrays."""
+    desc = np.asarray(desc)
+    out = np.zeros((desc.shape[0], tables.shape[2]))
+    h = r_max_bohr / (tables.shape[1] - 1)
+    for b in range(tables.shape[0]):
+        o = b * spec.n_per_species
+        _baseline_sums(desc[:, o:o + spec.m], np.ascontiguousarray(tables[b]), float(h), float(r_max_bohr), out)
+    return out
 
 
 def species_block(x, room, counts, img, idx, spec, cand, n_cand, shell, tie_bohr, on_atom_bohr, out, offset, bad):

@@ -254,8 +254,8 @@ class DensityNetwork(nn.Module):
         mean = average over weight sets of the predicted mean; aleatoric variance = average of the
         predicted noise variances; epistemic variance = variance of the means over weight sets.
         Both sigmas are multiplied by the calibration factor fitted on validation snapshots.
-        ``inputs``: :meth:`shared_inputs` of ``desc``, and ``baseline``: this network's baseline
-        density at the points (float64), when the caller has them already.
+        ``inputs``: :meth:`shared_inputs` of ``desc`` (knots may be None), and ``baseline``: this network's
+        baseline density at the points (float64), when the caller has them already.
         """
         desc_t, raw, knots = self.shared_inputs(desc) if inputs is None else inputs
         weight_sets = weight_sets if weight_sets is not None else self.sample_weight_sets(n_samples, seed)
@@ -265,15 +265,13 @@ class DensityNetwork(nn.Module):
         # first layer: one matrix product for all weight sets at once, (P, S*out) -> contiguous (S, P, out)
         h = torch.addmm(b0.reshape(-1), x, w0.reshape(n_sets * n_out, -1).T)
         h = h.view(x.shape[0], n_sets, n_out).transpose(0, 1).contiguous()
-        for w, b in weight_sets[1:-1]:
-            # in-place SiLU on a contiguous array: the activations are the largest arrays here
+        for w, b in weight_sets[1:]:
+            # in-place SiLU on a contiguous array: the activations are the largest arrays here. (The
+            # 2-output layer as W @ h^T would be ~6x faster alone, but its rounding then depends on the
+            # batch size, and a field must not depend on how it was cut into blocks.)
             h = torch.baddbmm(b.unsqueeze(1), nn.functional.silu(h, inplace=True), w.transpose(1, 2))
-        # the 2-output layer as W (S, 2, H) @ h^T (S, H, P): a product with 2 rows runs ~6x faster on a
-        # CPU than one with 2 columns, and gives (S, 2, P) with contiguous rows for mu and sigma
-        w, b = weight_sets[-1]
-        out = torch.baddbmm(b.unsqueeze(2), w, nn.functional.silu(h, inplace=True).transpose(1, 2))
-        mu = out[:, 0].to(torch.float64)
-        sig = nn.functional.softplus(out[:, 1]).to(torch.float64) + 1e-4
+        mu = h[:, :, 0].to(torch.float64)
+        sig = nn.functional.softplus(h[:, :, 1]).to(torch.float64) + 1e-4
         mean_y = mu.mean(dim=0)
         var_ale = (sig * sig).mean(dim=0)
         var_epi = ((mu - mean_y) ** 2).mean(dim=0)  # the spread over weight sets (0 for one set)
@@ -317,6 +315,19 @@ class DensityEnsemble(nn.Module):
         self.members = nn.ModuleList(members)
         self.register_buffer("sigma_scale", torch.ones((), dtype=torch.float64))
 
+    def _baselines(self, desc_t) -> torch.Tensor:
+        """(P, members) radial baselines, float64: on a CPU with numba one compiled loop over the Set I
+        distances, else one interpolation matrix times the members' tables (their knots are shared)."""
+        from . import descriptor_kernel
+
+        first = self.members[0].baseline
+        if descriptor_kernel.AVAILABLE and desc_t.device.type == "cpu":
+            tables = torch.stack([m.baseline.table for m in self.members], dim=-1).numpy()  # (species, knots, K)
+            return torch.from_numpy(descriptor_kernel.radial_baseline_sums(desc_t.numpy(), self.spec, tables,
+                                                                           first.r_max_bohr))
+        tables = torch.stack([m.baseline.table.reshape(-1) for m in self.members], dim=1)
+        return first.design(desc_t) @ tables
+
     def samples_per_member(self, n_samples: int) -> list[int]:
         """How many weight sets each member draws for ``n_samples`` in all (0: posterior means)."""
         k = len(self.members)
@@ -332,11 +343,9 @@ class DensityEnsemble(nn.Module):
     @torch.no_grad()
     def predict(self, desc, n_samples: int = 8, seed: int = 0, weight_sets=None) -> Prediction:
         """Mean density and sigmas (electrons/Bohr^3) of the mixture of the members."""
-        first = self.members[0]
-        inputs = first.shared_inputs(desc)  # the same for every member: made once
-        # every member's baseline from one interpolation matrix (their tables differ, the knots do not)
-        tables = torch.stack([m.baseline.table.reshape(-1) for m in self.members], dim=1)
-        base = first.baseline.design(inputs[0], inputs[2]) @ tables  # (P, members)
+        desc_t = torch.as_tensor(np.asarray(desc, dtype=np.float32))
+        inputs = (desc_t, self.members[0].raw_features(desc_t), None)  # the same for every member: made once
+        base = self._baselines(desc_t)  # (P, members)
         weight_sets = weight_sets if weight_sets is not None else self.sample_weight_sets(n_samples, seed)
         preds = [m.predict(None, weight_sets=w, inputs=inputs, baseline=base[:, i])
                  for i, (m, w) in enumerate(zip(self.members, weight_sets))]

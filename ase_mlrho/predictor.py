@@ -85,12 +85,10 @@ class Predictor:
             h = torch.addmm(b0.reshape(-1), x, w0.reshape(s * n_out, -1).T)
             parts.append(h.view(x.shape[0], s, n_out).transpose(0, 1))
         h = torch.cat(parts).contiguous() if len(parts) > 1 else parts[0].contiguous()  # (S, P, H)
-        for w_t, b in self.later[:-1]:
+        for w_t, b in self.later:
             h = torch.baddbmm(b, nn.functional.silu(h, inplace=True), w_t)
-        w_t, b = self.later[-1]  # the 2-output layer as W @ h^T: (S, 2, P), as DensityNetwork.predict
-        out = torch.baddbmm(b.transpose(1, 2), w_t.transpose(1, 2), nn.functional.silu(h, inplace=True).transpose(1, 2))
-        mu = out[:, 0].to(torch.float64)
-        sig2 = (nn.functional.softplus(out[:, 1]).to(torch.float64) + 1e-4) ** 2
+        mu = h[:, :, 0].to(torch.float64)
+        sig2 = (nn.functional.softplus(h[:, :, 1]).to(torch.float64) + 1e-4) ** 2
         means, var_ale, var_epi, start = [], [], [], 0
         baselines = self._baselines(desc)
         for k, n in enumerate(self.n_sets):
