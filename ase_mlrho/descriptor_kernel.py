@@ -21,7 +21,7 @@ Also here, for the same CPU path: :func:`radial_baseline_sums`, every ensemble m
 baseline (a table interpolated at the Set I distances) in one loop.
 
 Why: on a CPU the k-d tree queries and the batched torch Set III cost ~14 us per point (two thirds
-of a prediction, ``benchmarks/profile.py``); this loop does the same work in a few microseconds.
+of a prediction, ``benchmarks/profile.py``); this loop does the same work in ~4.4 us (session 7).
 Units: Bohr.
 """
 
@@ -107,8 +107,8 @@ def _species_block(x, room, counts, img, img_r, idx, m, m_s, k, cand, n_cand, sh
 
     x (B, P, 3), room (B, P): points relative to their block's centre, and the radius left around
     each; counts (B,), img (B, C, 3), img_r (B, C), idx (B, C): the block's images of this species
-    (relative to the centre, nearest to the centre first), their distances from it, and their atom numbers in the Set II tables cand (N, Cc, 3) /
-    n_cand (N,) / shell (N, Cc)."""
+    (relative to the centre, nearest to the centre first), their distances from it, and their atom
+    numbers in the Set II tables cand (N, Cc, 3) / n_cand (N,) / shell (N, Cc)."""
     n_b, n_p = room.shape
     n_rad = centers.shape[0]
     n_lm = (l_max + 1) * (l_max + 1)
