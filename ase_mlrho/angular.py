@@ -24,7 +24,7 @@ import numpy as np
 
 from .threads import torch_threads
 
-__all__ = ["real_spherical_harmonics", "power_spectrum", "power_spectrum_tensor", "cosine_cutoff", "n_power_spectrum"]
+__all__ = ["real_spherical_harmonics", "real_harmonic_norms", "power_spectrum", "power_spectrum_tensor", "cosine_cutoff", "n_power_spectrum"]
 
 
 def cosine_cutoff(d: np.ndarray, r_cut: float) -> np.ndarray:
@@ -36,6 +36,7 @@ def real_spherical_harmonics(u, l_max: int):
     ordered l = 0..l_max, m = -l..l. Built from the Cartesian recursion of the associated
     Legendre functions (no angles, no special functions). Works on numpy arrays and torch tensors."""
     x, y, z = u[..., 0], u[..., 1], u[..., 2]
+    norms = real_harmonic_norms(l_max)
     comps = [None] * ((l_max + 1) ** 2)
     # (x + i y)^m = C_m + i S_m
     c_m, s_m = [x * 0 + 1.0], [x * 0]
@@ -52,12 +53,12 @@ def real_spherical_harmonics(u, l_max: int):
                 q = z * (2 * m + 1) * q_prev
             else:
                 q = ((2 * l - 1) * z * q_prev - (l + m - 1) * q_prev2) / (l - m)
-            norm = math.sqrt((2 * l + 1) / (4 * math.pi) * math.factorial(l - m) / math.factorial(l + m))
+            norm = float(norms[l, m])
             if m == 0:
                 comps[l * l + l] = norm * q
             else:
-                comps[l * l + l + m] = (math.sqrt(2.0) * norm) * q * c_m[m]
-                comps[l * l + l - m] = (math.sqrt(2.0) * norm) * q * s_m[m]
+                comps[l * l + l + m] = norm * q * c_m[m]
+                comps[l * l + l - m] = norm * q * s_m[m]
             if l > m:
                 q_prev2, q_prev = q_prev, q
     if isinstance(u, np.ndarray):
@@ -65,6 +66,16 @@ def real_spherical_harmonics(u, l_max: int):
     import torch
 
     return torch.stack(comps, dim=-1)
+
+
+def real_harmonic_norms(l_max: int) -> np.ndarray:
+    """(l_max+1, l_max+1) normalisation of the real harmonics at [l, m], m <= l (sqrt 2 included for m > 0)."""
+    out = np.zeros((l_max + 1, l_max + 1))
+    for l in range(l_max + 1):
+        for m in range(l + 1):
+            norm = math.sqrt((2 * l + 1) / (4 * math.pi) * math.factorial(l - m) / math.factorial(l + m))
+            out[l, m] = norm if m == 0 else math.sqrt(2.0) * norm
+    return out
 
 
 def _double_factorial(n: int) -> int:

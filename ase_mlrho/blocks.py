@@ -245,10 +245,14 @@ class Context:
     grid: Grid
     descriptors: Descriptors | LocalDescriptors
     weight_sets: list
-    dense: DenseDescriptors | None = None  # the device path's descriptors (structure-wide tables)
-    predictor: Predictor | None = None  # the device path's network
+    dense: DenseDescriptors | None = None  # dense descriptors over structure-wide tables (device or kernel path)
+    predictor: Predictor | MemberByMember | None = None  # the network of those paths (None: the k-d tree route)
     sub_block_orders: dict = field(default_factory=dict)  # block shape -> node order by sub-block (device path)
-    engine: str = "torch"  # the dense descriptors' engine: "torch" (device path) or "numba" (default CPU path)
+
+    @property
+    def engine(self) -> str:
+        """The dense descriptors' engine: the compiled kernel on the default CPU path, torch on a device."""
+        return "numba" if self.job.device is None else "torch"
 
     def block_source(self, index: int):
         """What computes the descriptors of block ``index``: the structure-wide tables, or the
@@ -282,7 +286,7 @@ def build_context(job: Job) -> Context:
             return Context(job, job.grid, desc, weights)
         # the compiled descriptor kernel over compact sub-blocks, and the reference network
         dense = None if job.local_tables else DenseDescriptors(desc, "cpu", engine="numba")
-        return Context(job, job.grid, desc, weights, dense, MemberByMember(job.model, weights), engine="numba")
+        return Context(job, job.grid, desc, weights, dense, MemberByMember(job.model, weights))
     dense = None if job.local_tables else DenseDescriptors(desc, job.device)
     return Context(job, job.grid, desc, weights, dense, Predictor(job.model.network, weights, job.device))
 

@@ -178,22 +178,25 @@ class DenseDescriptors:
         sel_atom = nb._halo_atom[sel_image]
         sel_rel = nb._halo_pos[sel_image] - centres[sel_block]
         sel_species = self._species_index[sel_atom]
-        if self.engine == "numba":
-            out, bad = self._numba_blocks(rel, room, n_b, sel_block, sel_rel, sel_atom, sel_species)
+        if self.engine == "numba":  # numpy arrays for the compiled kernel, float64 geometry
+            x, room_in, species_block = rel, room, self._numba_species_block
+            out = np.zeros((n_b, p_max, spec.n_features), dtype=np.float32)
+            bad = np.zeros((n_b, p_max), dtype=np.uint8)
         else:
-            x = torch.as_tensor(rel, dtype=dt, device=dev)
-            room_t = torch.as_tensor(room, dtype=dt, device=dev)
+            x, room_in, species_block = (torch.as_tensor(rel, dtype=dt, device=dev),
+                                         torch.as_tensor(room, dtype=dt, device=dev), self._species_block)
             out = torch.empty((n_b, p_max, spec.n_features), dtype=dt, device=dev)
             bad = torch.zeros((n_b, p_max), dtype=torch.uint8, device=dev)
-            for b in range(len(spec.species)):
-                o = b * spec.n_per_species
-                if not self._present[b]:
-                    out[..., o:o + spec.m] = _ABSENT_DISTANCE_BOHR
-                    out[..., o + spec.m:o + spec.n_per_species] = 0.0
-                    continue
-                mine = sel_species == b
-                bad |= self._species_block(x, room_t, n_b, sel_block[mine], sel_rel[mine], sel_atom[mine],
-                                           out[..., o:o + spec.n_per_species])
+        for b in range(len(spec.species)):
+            o = b * spec.n_per_species
+            if not self._present[b]:
+                out[..., o:o + spec.m] = _ABSENT_DISTANCE_BOHR
+                out[..., o + spec.m:o + spec.n_per_species] = 0.0
+                continue
+            mine = sel_species == b
+            bad |= species_block(x, room_in, n_b, sel_block[mine], sel_rel[mine], sel_atom[mine], out, o)
+        if self.engine == "numba":
+            out, bad = torch.from_numpy(out), torch.from_numpy(bad)
         keep = torch.as_tensor(owner * p_max + slot, device=dev)
         out = out.reshape(n_b * p_max, -1)[keep]
         code = bad.reshape(-1)[keep]
@@ -209,32 +212,24 @@ class DenseDescriptors:
             self.fallback_points += n_bad
         return out
 
-    def _numba_blocks(self, rel, room, n_b, sel_block, sel_rel, sel_atom, sel_species):
-        """``compute_blocks``'s tensors (B, P, n_features) and (B, P) fallback codes from the compiled kernel."""
-        spec = self.spec
-        out = np.zeros((n_b, rel.shape[1], spec.n_features), dtype=np.float32)
-        bad = np.zeros((n_b, rel.shape[1]), dtype=np.uint8)
-        for b in range(len(spec.species)):
-            o = b * spec.n_per_species
-            if not self._present[b]:
-                out[..., o:o + spec.m] = _ABSENT_DISTANCE_BOHR
-                continue
-            mine = sel_species == b
-            counts, img, idx = _padded_selection(n_b, sel_block[mine], sel_rel[mine], sel_atom[mine])
-            if img.shape[1] < spec.m:
-                bad[:] = _TOO_FAR
-                continue
-            part = np.zeros((n_b, rel.shape[1]), dtype=np.uint8)
-            descriptor_kernel.species_block(rel, room, counts, img, idx, spec, *self._tables, TIE_TOLERANCE_BOHR,
-                                            _ON_ATOM_BOHR, out, o, part)
-            bad |= part
-        return torch.from_numpy(out), torch.from_numpy(bad)
+    def _numba_species_block(self, x, room, n_b, sel_block, sel_rel, sel_atom, out, offset) -> np.ndarray:
+        """:meth:`_species_block` by the compiled kernel, on numpy arrays (``out`` float32)."""
+        counts, img, idx = _padded_selection(n_b, sel_block, sel_rel, sel_atom)
+        bad = np.zeros(room.shape, dtype=np.uint8)
+        if img.shape[1] < self.spec.m:
+            bad[:] = _TOO_FAR
+            return bad
+        descriptor_kernel.species_block(x, room, counts, img, idx, self.spec, *self._tables, TIE_TOLERANCE_BOHR,
+                                        _ON_ATOM_BOHR, out, offset, bad)
+        return bad
 
-    def _species_block(self, x, room, n_b, sel_block, sel_rel, sel_atom, out) -> torch.Tensor:
-        """Fill one species' columns of ``out`` (B, P, n_per_species) from its selected images
-        (flat arrays in block order: block number, position relative to the block centre, atom);
-        return the (B, P) codes of points the dense route cannot vouch for (:data:`_TOO_FAR`, :data:`_TIED`)."""
+    def _species_block(self, x, room, n_b, sel_block, sel_rel, sel_atom, out, offset) -> torch.Tensor:
+        """Fill one species' columns ``out[..., offset:offset + n_per_species]`` of (B, P, n_features) from
+        its selected images (flat arrays in block order: block number, position relative to the block
+        centre, atom); return the (B, P) codes of points the dense route cannot vouch for
+        (:data:`_TOO_FAR`, :data:`_TIED`)."""
         spec, dev, dt = self.spec, self.device, self.dtype
+        out = out[..., offset:offset + spec.n_per_species]
         p = x.shape[1]
         _, img, idx = _padded_selection(n_b, sel_block, sel_rel, sel_atom)
         c = img.shape[1]

@@ -27,41 +27,28 @@ Units: Bohr.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
+
+from .angular import _double_factorial, real_harmonic_norms
+from .descriptors import TIE_TOLERANCE_BOHR
 
 try:  # numba is a dependency; the torch path remains the definition and the fallback
     from numba import njit
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     njit = None
 
-__all__ = ["AVAILABLE", "ylm_norms", "species_block", "radial_baseline_sums"]
+__all__ = ["AVAILABLE", "species_block", "radial_baseline_sums"]
 
 AVAILABLE = njit is not None
-
-
-def ylm_norms(l_max: int) -> np.ndarray:
-    """(l_max+1, l_max+1) normalisation of the real harmonics, [l, m] for m <= l (sqrt 2 included for m > 0)."""
-    out = np.zeros((l_max + 1, l_max + 1))
-    for l in range(l_max + 1):
-        for m in range(l + 1):
-            norm = math.sqrt((2 * l + 1) / (4 * math.pi) * math.factorial(l - m) / math.factorial(l + m))
-            out[l, m] = norm if m == 0 else math.sqrt(2.0) * norm
-    return out
-
-
-def _double_factorials(l_max: int) -> np.ndarray:
-    out = np.ones(l_max + 1)
-    for m in range(1, l_max + 1):
-        out[m] = out[m - 1] * (2 * m - 1)
-    return out
 
 
 def _ylm(x, y, z, l_max, norms, dfact, rec_a, rec_b, c_m, s_m, out):
     """Real orthonormal Y_lm of the unit vector (x, y, z) into ``out`` ((l_max+1)^2, index l*l + l + m):
     Q_l^m(z) = P_l^m(z) / sin^m(theta) by the upward recursion in l, with the coefficients
-    (2l-1)/(l-m) and (l+m-1)/(l-m) tabulated (:func:`_recursion`), times cos(m phi) and sin(m phi)
+    (2l-1)/(l-m) and (l+m-1)/(l-m) tabulated (:func:`_harmonic_tables`), times cos(m phi) and sin(m phi)
     sin^m(theta) from (x + i y)^m."""
     c_m[0] = 1.0
     s_m[0] = 0.0
@@ -89,14 +76,18 @@ def _ylm(x, y, z, l_max, norms, dfact, rec_a, rec_b, c_m, s_m, out):
                 q1 = q
 
 
-def _recursion(l_max: int) -> tuple[np.ndarray, np.ndarray]:
-    """(2l-1)/(l-m) and (l+m-1)/(l-m) for l >= m + 2 (zero elsewhere): :func:`_ylm`'s recursion."""
+@functools.lru_cache(maxsize=8)
+def _harmonic_tables(l_max: int) -> tuple[np.ndarray, ...]:
+    """The constants of :func:`_ylm` (made once per l_max, not per batch): the normalisations of
+    :func:`~ase_mlrho.angular.real_harmonic_norms`, (2m-1)!!, and the recursion coefficients
+    (2l-1)/(l-m) and (l+m-1)/(l-m) for l >= m + 2 (zero elsewhere)."""
+    dfact = np.array([float(_double_factorial(2 * m - 1)) for m in range(l_max + 1)])
     a, b = np.zeros((l_max + 1, l_max + 1)), np.zeros((l_max + 1, l_max + 1))
     for l in range(l_max + 1):
         for m in range(max(0, l - 1)):
             a[l, m] = (2 * l - 1) / (l - m)
             b[l, m] = (l + m - 1) / (l - m)
-    return a, b
+    return real_harmonic_norms(l_max), dfact, a, b
 
 
 def _species_block(x, room, counts, img, img_r, idx, m, m_s, k, cand, n_cand, shell, l_max, centers, width, r_cut,
@@ -169,7 +160,7 @@ def _species_block(x, room, counts, img, img_r, idx, m, m_s, k, cand, n_cand, sh
                         i -= 1
                     top_d[i] = d
                     top_j[i] = j
-            if top_d[m - 1] + 1e-6 > r or (n_rad > 0 and r < r_cut):
+            if top_d[m - 1] + TIE_TOLERANCE_BOHR > r or (n_rad > 0 and r < r_cut):
                 bad[b, p] = 1  # beyond the selection: the reference computes it, the caller widens
                 continue
             tied = False
@@ -315,5 +306,5 @@ def species_block(x, room, counts, img, idx, spec, cand, n_cand, shell, tie_bohr
                    np.ascontiguousarray(counts, dtype=np.int64), img, np.sqrt(np.einsum("bcd,bcd->bc", img, img)),
                    np.ascontiguousarray(idx, dtype=np.int64), int(spec.m), int(spec.m_s), int(spec.k),
                    cand, n_cand, shell, int(l_max), centers, float(spec.angular_width_bohr),
-                   float(spec.angular_cutoff_bohr), ylm_norms(l_max), _double_factorials(l_max), *_recursion(l_max),
+                   float(spec.angular_cutoff_bohr), *_harmonic_tables(l_max),
                    float(tie_bohr), float(on_atom_bohr), out, int(offset), bad)

@@ -131,13 +131,11 @@ class RadialBaseline(nn.Module):
         i0 = torch.clamp(torch.floor(t).long(), max=n_knots - 2)
         return i0, t - i0, d < self.r_max_bohr
 
-    def design(self, desc: torch.Tensor, knots: list | None = None) -> torch.Tensor:
-        """(P, n_species * n_knots) linear-interpolation weights, so baseline = design @ table.ravel()
-        (an ensemble evaluates all its members' tables with one matrix product)."""
+    def design(self, desc: torch.Tensor) -> torch.Tensor:
+        """(P, n_species * n_knots) linear-interpolation weights, so baseline = design @ table.ravel()."""
         blocks = []
-        knots = self.knots(desc) if knots is None else knots
         for b in range(len(self.spec.species)):
-            i0, frac, inside = knots[b]
+            i0, frac, inside = self._knots(desc, b)
             inside = inside.to(torch.float64)
             w = torch.zeros(desc.shape[0], self.table.shape[1], dtype=torch.float64)
             w.scatter_add_(1, i0, (1.0 - frac) * inside)
@@ -145,17 +143,11 @@ class RadialBaseline(nn.Module):
             blocks.append(w)
         return torch.cat(blocks, dim=1)
 
-    def knots(self, desc: torch.Tensor) -> list:
-        """:meth:`_knots` of every species block (they depend on the descriptor only: an ensemble's
-        members, whose tables differ, share them)."""
-        return [self._knots(desc, b) for b in range(len(self.spec.species))]
-
-    def forward(self, desc: torch.Tensor, knots: list | None = None) -> torch.Tensor:
+    def forward(self, desc: torch.Tensor) -> torch.Tensor:
         """Baseline density at each point (float64), by direct interpolation (same as design @ table)."""
         total = torch.zeros(desc.shape[0], dtype=torch.float64)
-        knots = self.knots(desc) if knots is None else knots
         for b in range(len(self.spec.species)):
-            i0, frac, inside = knots[b]
+            i0, frac, inside = self._knots(desc, b)
             table = self.table[b]
             value = table[i0] * (1.0 - frac) + table[i0 + 1] * frac
             total += torch.where(inside, value, torch.zeros_like(value)).sum(dim=1)
@@ -240,13 +232,13 @@ class DensityNetwork(nn.Module):
         with torch.no_grad():
             return [layer.sample_weights(n_samples, gen) for layer in self.layers]
 
-    @torch.no_grad()
     def shared_inputs(self, desc) -> tuple:
         """What every network of one descriptor spec and config computes alike from ``desc``: the
-        float32 tensor, its unscaled features and the baseline's knots (an ensemble makes them once)."""
+        float32 tensor and its unscaled features (an ensemble makes them once for all its members)."""
         desc_t = torch.as_tensor(np.asarray(desc, dtype=np.float32))
-        return desc_t, self.raw_features(desc_t), self.baseline.knots(desc_t)
+        return desc_t, self.raw_features(desc_t)
 
+    @torch.no_grad()
     def predict(self, desc, n_samples: int = 8, seed: int = 0, weight_sets=None, inputs=None,
                 baseline=None) -> Prediction:
         """Mean density and sigmas (electrons/Bohr^3) at the points whose descriptors are given.
@@ -254,10 +246,10 @@ class DensityNetwork(nn.Module):
         mean = average over weight sets of the predicted mean; aleatoric variance = average of the
         predicted noise variances; epistemic variance = variance of the means over weight sets.
         Both sigmas are multiplied by the calibration factor fitted on validation snapshots.
-        ``inputs``: :meth:`shared_inputs` of ``desc`` (knots may be None), and ``baseline``: this network's
-        baseline density at the points (float64), when the caller has them already.
+        ``inputs``: :meth:`shared_inputs` of ``desc``, and ``baseline``: this network's baseline density
+        at the points (float64), when the caller has them already.
         """
-        desc_t, raw, knots = self.shared_inputs(desc) if inputs is None else inputs
+        desc_t, raw = self.shared_inputs(desc) if inputs is None else inputs
         weight_sets = weight_sets if weight_sets is not None else self.sample_weight_sets(n_samples, seed)
         x = (raw - self.x_mean).div_(self.x_std)  # (P, F), as features(), one temporary array
         w0, b0 = weight_sets[0]
@@ -276,7 +268,7 @@ class DensityNetwork(nn.Module):
         var_ale = (sig * sig).mean(dim=0)
         var_epi = ((mu - mean_y) ** 2).mean(dim=0)  # the spread over weight sets (0 for one set)
         scale = self.y_std * self.sigma_scale
-        base = self.baseline(desc_t, knots) if baseline is None else baseline
+        base = self.baseline(desc_t) if baseline is None else baseline
         rho = base + self.y_mean + self.y_std * mean_y
         return Prediction(
             mean=rho.numpy(),
@@ -317,16 +309,14 @@ class DensityEnsemble(nn.Module):
 
     def _baselines(self, desc_t) -> torch.Tensor:
         """(P, members) radial baselines, float64: on a CPU with numba one compiled loop over the Set I
-        distances, else one interpolation matrix times the members' tables (their knots are shared)."""
+        distances for all members, else each member's own interpolation."""
         from . import descriptor_kernel
 
-        first = self.members[0].baseline
         if descriptor_kernel.AVAILABLE and desc_t.device.type == "cpu":
             tables = torch.stack([m.baseline.table for m in self.members], dim=-1).numpy()  # (species, knots, K)
-            return torch.from_numpy(descriptor_kernel.radial_baseline_sums(desc_t.numpy(), self.spec, tables,
-                                                                           first.r_max_bohr))
-        tables = torch.stack([m.baseline.table.reshape(-1) for m in self.members], dim=1)
-        return first.design(desc_t) @ tables
+            return torch.from_numpy(descriptor_kernel.radial_baseline_sums(
+                desc_t.numpy(), self.spec, tables, self.members[0].baseline.r_max_bohr))
+        return torch.stack([m.baseline(desc_t) for m in self.members], dim=1)
 
     def samples_per_member(self, n_samples: int) -> list[int]:
         """How many weight sets each member draws for ``n_samples`` in all (0: posterior means)."""
@@ -343,9 +333,8 @@ class DensityEnsemble(nn.Module):
     @torch.no_grad()
     def predict(self, desc, n_samples: int = 8, seed: int = 0, weight_sets=None) -> Prediction:
         """Mean density and sigmas (electrons/Bohr^3) of the mixture of the members."""
-        desc_t = torch.as_tensor(np.asarray(desc, dtype=np.float32))
-        inputs = (desc_t, self.members[0].raw_features(desc_t), None)  # the same for every member: made once
-        base = self._baselines(desc_t)  # (P, members)
+        inputs = self.members[0].shared_inputs(desc)  # the same for every member: made once
+        base = self._baselines(inputs[0])  # (P, members)
         weight_sets = weight_sets if weight_sets is not None else self.sample_weight_sets(n_samples, seed)
         preds = [m.predict(None, weight_sets=w, inputs=inputs, baseline=base[:, i])
                  for i, (m, w) in enumerate(zip(self.members, weight_sets))]
