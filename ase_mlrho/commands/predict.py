@@ -51,7 +51,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-
 def _fail(message: str) -> int:
     print(f"mlrho predict: error: {' '.join(str(message).split())}", file=sys.stderr)
     return 2
