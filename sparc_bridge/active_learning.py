@@ -20,7 +20,9 @@ and it resumes at the first unfinished step; a different plan in the same direct
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -120,10 +122,21 @@ def _choose(plan: LearningPlan, model, pool, round_index: int, log) -> tuple[lis
     return table, chosen
 
 
+def _cache_key(atoms, settings) -> str:
+    """What makes two SPARC runs the same: the structure (positions, cell, species) and the settings."""
+    from .sampling import positions_sha256
+
+    h = hashlib.sha256(positions_sha256(atoms).encode())
+    h.update(json.dumps(asdict(settings), sort_keys=True, default=str).encode())
+    return h.hexdigest()[:24]
+
+
 def _compute(workdir: Path, round_index: int, chosen: list[dict], atoms_of: dict, model, command, timeout_s,
-             log) -> list[str]:
+             log, dft_cache: Path | None = None) -> list[str]:
     """One SPARC SCF per chosen structure (datagen at T = 0: the structure as given) with the model's
-    reference settings for that cell (its k-points); the run directories."""
+    reference settings for that cell (its k-points); the run directories. With ``dft_cache``, a structure
+    computed before with the same settings (by another run sharing the cache, e.g. another arm of a
+    selection study) is copied from there instead of recomputed, and new runs are added to it."""
     from ase.io import write
 
     from .datagen import DatagenPlan, run_datagen, training_directories
@@ -138,10 +151,22 @@ def _compute(workdir: Path, round_index: int, chosen: list[dict], atoms_of: dict
             write(structure, atoms_of[c["key"]], format="extxyz")
         out = workdir / f"round_{round_index}" / "dft" / name
         settings = sparc_settings_for_model(model, atoms=atoms_of[c["key"]])
+        cached = None if dft_cache is None else Path(dft_cache) / _cache_key(atoms_of[c["key"]], settings)
+        if cached is not None and cached.is_dir() and not out.exists():
+            log(f"round {round_index}: {c['key']} was computed before: copied from {cached.name}")
+            tmp = out.with_name(out.name + ".copying")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(cached, tmp)
+            tmp.rename(out)
         plan = DatagenPlan(temperatures_k=(0.0,), structure_file=str(structure), sparc=settings, name_prefix=name)
         report = run_datagen(plan, out, command=command, timeout_s=timeout_s, progress=False, log=log)
         if not report.ok:
             raise RuntimeError(f"SPARC failed on {c['key']}: {report.errors}")
+        if cached is not None and not cached.is_dir():
+            tmp = cached.with_name(cached.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(out, tmp)
+            tmp.rename(cached)  # atomic: a cache entry is whole or absent
         dirs += [str(d) for d in training_directories(out)]
     return dirs
 
@@ -187,8 +212,9 @@ def _validate(model, val_dirs) -> dict:
 
 
 def run_active_learning(model_path, plan: LearningPlan, workdir, command: str | None = None,
-                        timeout_s: float | None = None, log=print) -> dict:
-    """Run (or resume) the loop of ``plan`` from the model file ``model_path`` in ``workdir``; the manifest."""
+                        timeout_s: float | None = None, log=print, dft_cache=None) -> dict:
+    """Run (or resume) the loop of ``plan`` from the model file ``model_path`` in ``workdir``; the manifest.
+    ``dft_cache``: a directory of SPARC runs shared between runs (see :func:`_compute`)."""
     from ase_mlrho.model_files import load_model, resolve_model_path
 
     workdir = Path(workdir)
@@ -229,7 +255,7 @@ def run_active_learning(model_path, plan: LearningPlan, workdir, command: str | 
             entry["status"] = "chosen"
             _save(workdir, manifest)
         if entry["status"] == "chosen":
-            runs = _compute(workdir, r, entry["chosen"], atoms_of, model, command, timeout_s, log)
+            runs = _compute(workdir, r, entry["chosen"], atoms_of, model, command, timeout_s, log, dft_cache)
             entry["runs"] = [str(Path(d).relative_to(workdir)) for d in runs]
             entry["status"] = "computed"
             _save(workdir, manifest)

@@ -85,3 +85,18 @@ def test_learn_random_arm_is_seeded(toy, candidates, al4_dir_module, fake, tmp_p
         picks.append([r["chosen"][0]["key"] for r in m["rounds"]])
         assert m["rounds"][0]["chosen"][0]["why"].startswith("random (seed 5")
     assert picks[0] == picks[1] and picks[0][0] != picks[0][1]
+
+
+def test_arms_sharing_a_dft_cache_compute_each_structure_once(toy, candidates, al4_dir_module, fake, tmp_path):
+    """Two arms of a selection study (by uncertainty, at random) choose 2 of the 3 candidates each, so at
+    least one structure twice: with a shared --dft-cache SPARC runs once per distinct structure."""
+    cache = tmp_path / "cache"
+    picks = []
+    for w, extra in (("uq", ()), ("rand", ("--random", "3"))):
+        assert _learn(toy, candidates, al4_dir_module, tmp_path / w, "--dft-cache", str(cache), *extra) == 0
+        picks.append({r["chosen"][0]["key"] for r in read_learning_manifest(tmp_path / w)["rounds"]})
+    union = picks[0] | picks[1]
+    assert len(fake()) == len(union) < 4 and len(list(cache.iterdir())) == len(union)
+    m = read_learning_manifest(tmp_path / "rand")
+    for r in m["rounds"]:  # the copied runs are complete SPARC runs the refit trained on
+        assert (tmp_path / "rand" / r["runs"][0] / "SPARC.out").is_file()

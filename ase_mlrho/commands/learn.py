@@ -32,6 +32,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the weight samples when scoring (default 0)")
     p.add_argument("--workdir", required=True, metavar="DIR", help="directory of the run (new, or the same to resume)")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="time limit of each SPARC run")
+    p.add_argument("--dft-cache", default=None, metavar="DIR",
+                   help="directory of SPARC runs shared between learning runs: a structure computed before with the "
+                        "same settings is copied, not recomputed (the arms of a selection study share their DFT)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON when done")
     p.set_defaults(func=run)
 
@@ -50,7 +53,8 @@ def run(args) -> int:
         return common.fail(name, exc)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     try:
-        manifest = run_active_learning(args.model, plan, args.workdir, command, args.timeout, log=log)
+        manifest = run_active_learning(args.model, plan, args.workdir, command, args.timeout, log=log,
+                                       dft_cache=args.dft_cache)
     except SparcNotFoundError as exc:
         return common.fail(name, exc)
     except (SparcRunError, RuntimeError) as exc:
