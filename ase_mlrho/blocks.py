@@ -56,7 +56,7 @@ class InferenceSettings:
     device : None (default) -- on this machine's CPUs: descriptors of compact sub-blocks from the
         compiled kernel of :mod:`ase_mlrho.descriptor_kernel` (numba; k-d tree queries in numpy where
         numba is missing) and the network member by member: the fastest path there
-        (``benchmarks/profile.py``). A torch
+        (``benchmarks/profile_stages.py``). A torch
         device ("cuda", "cuda:1", "cpu", ...) -- descriptors as dense tensors of compact sub-blocks
         (:mod:`ase_mlrho.dense_descriptors`) and every weight set in one stack
         (:mod:`ase_mlrho.predictor`), all on that device; the same field to float32 rounding.

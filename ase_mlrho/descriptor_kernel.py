@@ -21,7 +21,7 @@ Also here, for the same CPU path: :func:`radial_baseline_sums`, every ensemble m
 baseline (a table interpolated at the Set I distances) in one loop.
 
 Why: on a CPU the k-d tree queries and the batched torch Set III cost ~14 us per point (two thirds
-of a prediction, ``benchmarks/profile.py``); this loop does the same work in ~4.4 us (session 7).
+of a prediction, ``benchmarks/profile_stages.py``); this loop does the same work in ~4.4 us (session 7).
 Units: Bohr.
 """
 

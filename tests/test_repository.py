@@ -60,3 +60,14 @@ def test_the_ml_core_never_imports_the_sparc_bridge():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
     assert importlib.util.find_spec("sparc_bridge") is not None  # the bridge exists; the core just does not need it
+
+
+def test_no_script_shadows_a_standard_library_module():
+    """`python benchmarks/X.py` puts benchmarks/ first on sys.path, so a script named like a standard module
+    replaces it for everything imported after (benchmarks/profile.py broke torch's `import cProfile` when a
+    study trained a model: renamed profile_stages.py)."""
+    import sys
+
+    for folder in ("benchmarks", "examples"):
+        names = {p.stem for p in (ROOT / folder).glob("*.py")}
+        assert not names & set(sys.stdlib_module_names), folder

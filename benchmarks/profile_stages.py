@@ -2,8 +2,8 @@
 
 Usage::
 
-    python benchmarks/profile.py                      # the README's main job: examples/al_vacancy_108.xyz
-    python benchmarks/profile.py --structure my.xyz --model sige-pbe --json out.json
+    python benchmarks/profile_stages.py                      # the README's main job: examples/al_vacancy_108.xyz
+    python benchmarks/profile_stages.py --structure my.xyz --model sige-pbe --json out.json
 
 One torch thread, one process; each stage is timed on the same grid points (``--points``, a compact
 box of the grid, the way blocks are cut) after a warm-up call, best of ``--repeat``:
