@@ -163,6 +163,8 @@ def report(workdir: Path) -> dict:
         out["bar"] = {"random_final_runs": randoms[0][n]["dft_runs"], "random_final_eps_percent_mean": target,
                       "uq_runs_to_reach_it": reach,
                       "ratio": None if reach is None else reach / randoms[0][n]["dft_runs"]}
+    if not arms:
+        raise SystemExit(f"no arm has run in {workdir} yet (python benchmarks/selection_study.py run)")
     print(f"{'arm':10s} " + " ".join(f"{'n=' + str(p['dft_runs']):>8s}" for p in max(arms.values(), key=len)))
     for a, c in arms.items():
         print(f"{a:10s} " + " ".join(f"{p['eps_percent_mean']:8.3f}" for p in c))
