@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from ase.build import bulk
+from ase.units import Bohr
 
 from ase_mlrho.blocks import box_flat_indices
 from ase_mlrho.dense_descriptors import DenseDescriptors, compact_sub_blocks
@@ -162,10 +163,25 @@ def test_cpu_and_device_paths_match_the_float64_reference():
         np.testing.assert_allclose(epi, ref_epi, rtol=1e-4)
 
 
+def _real_descriptors(model, n_points: int = 700) -> np.ndarray:
+    """Descriptors of random points in a thermal cell of the model's material (what the networks see; random
+    feature vectors would put Set II cosines outside [-1, 1] and push the sigmas into float32's noise)."""
+    rng = np.random.default_rng(1)
+    if "Ge" in model.species:
+        atoms = bulk("Si", "diamond", a=5.54, cubic=True)
+        atoms.symbols[rng.choice(len(atoms), 4, replace=False)] = "Ge"
+    else:
+        atoms = bulk("Al", "fcc", a=4.05, cubic=True) * (2, 1, 1)
+    atoms.positions += rng.normal(scale=0.1, size=atoms.positions.shape)
+    points = rng.random((n_points, 3)) @ (atoms.cell.array / Bohr)
+    return Descriptors.from_atoms(model.spec, atoms).compute(points).astype(np.float32)
+
+
 def test_predictor_equals_the_member_by_member_prediction():
     for name in ("al-pbe", "al-pbe-gamma", "sige-pbe"):
-        net = load_model(name).network
-        x = np.random.default_rng(1).random((700, net.spec.n_features)).astype(np.float32) * 4 + 1
+        model = load_model(name)
+        net = model.network
+        x = _real_descriptors(model)
         sets = net.sample_weight_sets(8, 3)
         ref = net.predict(x, weight_sets=sets)
         mean, ale, epi = Predictor(net, sets).predict(torch.as_tensor(x))

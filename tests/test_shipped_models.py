@@ -84,21 +84,25 @@ AL_KPTS = ROOT / "data" / "sparc" / "al_kpts"
 
 def test_al_pbe_on_held_out_kpoint_cells():
     """The shipped al-pbe (k-point references, an ensemble of 4) on committed held-out k-point cells
-    (data/sparc/al_kpts/test*: never trained, validated or calibrated on). When shipped: Al32 800 K eps 0.715 %,
-    3-sigma coverage 0.995, miscalibration 0.026; Al31 vacancy 600 K 0.642 %, 0.998, 0.082; Al4 700 K 0.217 %, 1400 K 0.267 %, coverage 1.000 on both;
-    measured later (session 7) on the new Al32 1500 K cell: 0.885 %, 0.996, 0.030. The model records the settings of its references."""
+    (data/sparc/al_kpts/test*: never trained, validated or calibrated on). When shipped (session 8: 14 training
+    cells, strained ones among them, 2 validation cells, one weight set per member by default): Al32 800 K eps
+    0.665 %, 3-sigma coverage 0.999, miscalibration 0.064; Al32 1500 K 0.807 %, 0.999, 0.056; Al31 vacancy
+    600 K 0.596 %, 0.999, 0.096; Al4 700 K 0.217 %, 1400 K 0.268 %, coverage 1.000 on both.
+    The model records the settings of its references."""
     model = load_model("al-pbe")
     ref = model.metadata["sparc_reference"]
     assert ref["kpoint_length_ang"] == [16.2, 16.2, 16.2] and ref["kpoint_shift"] == [0.5, 0.5, 0.5]
     assert model.ensemble_size == 4 and model.metadata["hf_screening"]["method"] == "all-wavelength"
-    # eps(q) refitted on the k-point training cells, the vacancy among them (session 6)
+    # one weight set per member: calibration as with 8 (benchmarks/README.md), half the network's cost
+    assert model.n_samples == 4 and model.metadata["training"]["config"]["n_samples"] == 4
+    # eps(q) refitted on the k-point training cells, the vacancy among them (session 6; carried to the session-8 weights)
     assert model.metadata["hf_screening"]["k2_per_bohr2"] == pytest.approx(1.0529, abs=1e-4)
     assert "k-point training cells" in model.metadata["hf_screening"]["source"]
     names = {s["name"] for s in model.metadata["training"]["train_snapshots"]}
     cells = sorted(p.parent for p in AL_KPTS.glob("test*/*/SPARC.out"))
     assert len(cells) >= 2 and not names & {c.name for c in cells}
-    bars = {"test_al4": 0.30, "test": 0.75, "test_vacancy": 0.70}  # eps (%) a little above the shipped figures
-    hot = {"al_n=2_k=2x2x2_T=1500_seed=302": 0.95}  # cells whose own figure is above their group's
+    bars = {"test_al4": 0.30, "test": 0.70, "test_vacancy": 0.63}  # eps (%) a little above the shipped figures
+    hot = {"al_n=2_k=2x2x2_T=1500_seed=302": 0.85}  # cells whose own figure is above their group's
     snaps = [load_snapshot(c) for c in cells if c.parent.name in bars]
     metrics, _, _ = evaluate_snapshots(model, snaps)
     assert len(metrics) >= 4
