@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from al_kpoints import rel  # benchmarks/ is on sys.path when a script here runs
+
 ROOT = Path(__file__).resolve().parent.parent
 SIGE = ROOT / "data" / "sparc" / "sige"
 RESULTS = ROOT / "benchmarks" / "results" / "selection_study"
@@ -59,14 +61,6 @@ def pool_entries() -> list[dict]:
         entries.append({"x": x, "T_K": 1200, "vacancies": 1, "seed": seed})
         seed += 1
     return entries
-
-
-def rel(path) -> str:
-    p = Path(path).resolve()
-    try:
-        return str(p.relative_to(ROOT))
-    except ValueError:
-        return p.name
 
 
 def make_pool(workdir: Path) -> list[Path]:
@@ -144,7 +138,7 @@ def report(workdir: Path) -> dict:
 
     start = score(workdir / "start.safetensors")
     arms = {}
-    for d in sorted(p for p in workdir.iterdir() if (p / "manifest.json").is_file() and p.name != "dft_cache"):
+    for d in sorted(p for p in workdir.iterdir() if (p / "manifest.json").is_file()):
         m = read_learning_manifest(d)
         curve = [{"dft_runs": 0, **start}]
         for r in m["rounds"]:

@@ -131,6 +131,14 @@ def _cache_key(atoms, settings) -> str:
     return h.hexdigest()[:24]
 
 
+def _copy_tree_whole(src: Path, dst: Path) -> None:
+    """Copy the directory ``src`` to ``dst`` through a temporary sibling and one rename: ``dst`` is whole or absent."""
+    tmp = dst.with_name(dst.name + ".copying")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    tmp.rename(dst)
+
+
 def _compute(workdir: Path, round_index: int, chosen: list[dict], atoms_of: dict, model, command, timeout_s,
              log, dft_cache: Path | None = None) -> list[str]:
     """One SPARC SCF per chosen structure (datagen at T = 0: the structure as given) with the model's
@@ -154,19 +162,13 @@ def _compute(workdir: Path, round_index: int, chosen: list[dict], atoms_of: dict
         cached = None if dft_cache is None else Path(dft_cache) / _cache_key(atoms_of[c["key"]], settings)
         if cached is not None and cached.is_dir() and not out.exists():
             log(f"round {round_index}: {c['key']} was computed before: copied from {cached.name}")
-            tmp = out.with_name(out.name + ".copying")
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(cached, tmp)
-            tmp.rename(out)
+            _copy_tree_whole(cached, out)
         plan = DatagenPlan(temperatures_k=(0.0,), structure_file=str(structure), sparc=settings, name_prefix=name)
         report = run_datagen(plan, out, command=command, timeout_s=timeout_s, progress=False, log=log)
         if not report.ok:
             raise RuntimeError(f"SPARC failed on {c['key']}: {report.errors}")
         if cached is not None and not cached.is_dir():
-            tmp = cached.with_name(cached.name + ".partial")
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(out, tmp)
-            tmp.rename(cached)  # atomic: a cache entry is whole or absent
+            _copy_tree_whole(out, cached)
         dirs += [str(d) for d in training_directories(out)]
     return dirs
 

@@ -147,8 +147,7 @@ def test_cpu_and_device_paths_match_the_float64_reference():
     # 8 weight sets (2 per member), whatever the model's default: with one set per member the epistemic sigma
     # is the spread of 4 outputs, which at some points nearly coincide, and float32 rounding then leaves it
     # ~1e-4 relative (4.6e-5 here and 5.7e-5 on the dense path with the shipped weights, 8.8e-5 and 1.2e-4 with
-    # session 7's); the density and aleatoric sigma do not
-    # depend on that choice
+    # session 7's); the density and aleatoric sigma do not depend on that choice
     ref_mean, ref_ale, ref_epi = _float64_field(model, atoms, grid, 8, seed=5)
     for device, tables in ((None, "structure"), (None, "block"), ("cpu", "structure")):
         run = run_prediction(model, atoms, None, InferenceSettings(n_samples=8, seed=5, device=device,
