@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ import torch
 
 from .descriptors import DescriptorSpec
 from .files import file_sha256
+from .model import DensityEnsemble
 from .model_files import MLRhoModel, network_sha256
 from .training import (CALIBRATION_METHOD, TrainingConfig, build_dataset, calibrate, optimise,
                        validation_uncertainty_metadata)
@@ -98,13 +99,12 @@ def finetune_model(base: MLRhoModel, train_snapshots, val_snapshots, n_frozen: i
     Early stopping and the calibration factor use ``val_snapshots`` (split by snapshot, never by
     grid point). ``base`` itself is left unchanged. The frozen layers of the result equal the base
     model's bit for bit. ``base_path`` (the base model file), when given, is recorded by sha256.
+    A deep ensemble is fine-tuned member by member (member i with seed ``config.seed + i``) and its
+    mixture re-calibrated; the calibration uses the base model's number of weight sets.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if not train_snapshots or not val_snapshots:
         raise ValueError("fine-tuning needs at least one training and one validation snapshot")
-    if base.ensemble_size > 1:
-        raise ValueError(f"model '{base.name}' is an ensemble of {base.ensemble_size} networks; fine-tuning "
-                         "works on single-network models (train the base model with --ensemble 1)")
     _check_snapshots(base, train_snapshots, "fine-tuning")
     _check_snapshots(base, val_snapshots, "validation")
     method = base.metadata.get("calibration", {}).get("method", _CALIBRATION_METHOD)
@@ -113,20 +113,35 @@ def finetune_model(base: MLRhoModel, train_snapshots, val_snapshots, n_frozen: i
                          f"re-fit; known: {_CALIBRATION_METHOD!r}")
     t0 = time.perf_counter()
     name = name or f"{base.name}-finetuned"
-    network = copy.deepcopy(base.network)
-    frozen = freeze_layers(network, n_frozen)
-    spec: DescriptorSpec = network.spec
-    train = build_dataset(train_snapshots, spec, config.points_per_snapshot, config.seed, progress)
+    # calibrate with the weight sets the model predicts with (the base model's default)
+    config = replace(config, n_samples=int(base.metadata.get("n_samples", config.n_samples)))
+    spec: DescriptorSpec = base.network.spec
+    # An ensemble is fine-tuned member by member (member i on the points of seed + i, as in training),
+    # then its mixture is re-calibrated as a whole.
+    members = list(base.network.members) if isinstance(base.network, DensityEnsemble) else [base.network]
     val = build_dataset(val_snapshots, spec, config.val_points_per_snapshot, config.seed + 1, progress)
-
-    # targets through the base model's baseline and scalers (kept, not re-fitted)
-    x_tr, x_va = torch.as_tensor(train.desc), torch.as_tensor(val.desc)
-    with torch.no_grad():
-        y_tr = network.target(x_tr, torch.as_tensor(train.rho)).to(torch.float32)
-        y_va = network.target(x_va, torch.as_tensor(val.rho)).to(torch.float32)
-    history, best_epoch = optimise(network, x_tr, y_tr, x_va, y_va, config, name, checkpoint, progress, log)
-    for p in network.parameters():
-        p.requires_grad_(True)
+    x_va = torch.as_tensor(val.desc)
+    tuned, runs = [], []
+    for i, member in enumerate(members):
+        member_config = replace(config, seed=config.seed + i)
+        member_name = name if len(members) == 1 else f"{name}[{i}]"
+        network = copy.deepcopy(member)
+        frozen = freeze_layers(network, n_frozen)
+        train = build_dataset(train_snapshots, spec, member_config.points_per_snapshot, member_config.seed,
+                              progress)
+        # targets through the base model's baseline and scalers (kept, not re-fitted)
+        x_tr = torch.as_tensor(train.desc)
+        with torch.no_grad():
+            y_tr = network.target(x_tr, torch.as_tensor(train.rho)).to(torch.float32)
+            y_va = network.target(x_va, torch.as_tensor(val.rho)).to(torch.float32)
+        history, best_epoch = optimise(network, x_tr, y_tr, x_va, y_va, member_config, member_name, checkpoint,
+                                       progress, log)
+        for p in network.parameters():
+            p.requires_grad_(True)
+        tuned.append(network)
+        runs.append({"seed": member_config.seed, "best_epoch": best_epoch, "epochs_run": len(history),
+                     "history": history})
+    network = tuned[0] if len(tuned) == 1 else DensityEnsemble(tuned)
 
     # re-fit the calibration factor by the base model's method, on the fine-tuning validation snapshots
     scale, err, sig_total, epi = calibrate(network, val, config)
@@ -140,7 +155,7 @@ def finetune_model(base: MLRhoModel, train_snapshots, val_snapshots, n_frozen: i
         "base_file_sha256": file_sha256(base_path) if base_path else None,
         "base_training_snapshots": [s.get("name") for s in base_meta.get("training", {}).get("train_snapshots", [])],
         "frozen_layers": int(n_frozen),
-        "n_layers": len(network.layers),
+        "n_layers": len(tuned[0].layers),
         "frozen_parameters": frozen,
         "finetune_snapshots": [_snapshot_record(s) for s in train_snapshots],
         "validation_snapshots": [_snapshot_record(s) for s in val_snapshots],
@@ -153,18 +168,19 @@ def finetune_model(base: MLRhoModel, train_snapshots, val_snapshots, n_frozen: i
                 if k in ("valence_electrons", "mesh_spacing_bohr", "n_samples")}
     metadata.update({
         "name": name,
-        "n_samples": base_meta.get("n_samples", config.n_samples),
+        "n_samples": config.n_samples,
         **validation_uncertainty_metadata(err, sig_total, epi, method, scale),
         "training": {
             "kind": "finetune",
             "train_snapshots": [_snapshot_record(s) for s in train_snapshots],
             "validation_snapshots": [_snapshot_record(s) for s in val_snapshots],
             "config": asdict(config),
-            "best_epoch": best_epoch,
-            "epochs_run": len(history),
+            "best_epoch": runs[0]["best_epoch"],
+            "epochs_run": runs[0]["epochs_run"],
             "seconds": time.perf_counter() - t0,
             "threads": torch.get_num_threads(),
-            "history": history,
+            "history": runs[0]["history"],
+            **({"members": runs} if len(runs) > 1 else {}),
         },
         "base_training": base_meta.get("training", {}),
         "lineage": list(copy.deepcopy(base_meta.get("lineage", []))) + [lineage_entry],

@@ -1,32 +1,33 @@
-"""Transfer learning from small to large cells: is it better, and cheaper in DFT?
+"""Transfer learning from small k-point cells to 108-atom cells: is it better, and cheaper in DFT?
 
-Three models, all evaluated on held-out large cells (the paper: Al 32-atom training data, a few
-108-atom cells, a 256-atom test cell; here the test is a 108-atom cell at 631 K):
+All models are judged on held-out 108-atom cells (default: the shared Al108 630 K cell):
 
-(a) small only     -- trained from scratch on the small cells;
-(b) large only     -- trained from scratch on large cells, as many as fit into the DFT budget of (c)
-                      (``--large-budget transfer``, the issue's "same DFT budget") or all of them
-                      (``--large-budget all``);
-(c) transfer       -- (a) fine-tuned on the large cells with its first ``--freeze`` layers frozen.
+(a) small only  -- a model trained on small cells only (default: the shipped ``al-pbe``, 32-atom
+                   k-point cells);
+(b) large only  -- trained from scratch, with (a)'s recipe, on the first n 108-atom cells;
+(c) transfer    -- (a) fine-tuned on the same n cells with its first N layers frozen.
 
-For each: eps (% per electron, the prediction renormalised to N_e), 3-sigma coverage (pooled over
-the test cells), and the DFT core-hours its training data cost (``meta.json`` ``wall_s`` x MPI ranks
-of ``sparc_command``, default ``--cores``). Also the descriptor distributions of small vs large
-cells (mean Jensen-Shannon divergence per feature, MMD^2, and a histogram plot): what large cells
-add that small ones do not.
+A learning curve over n = 1 .. (number of large cells): eps and 3-sigma coverage on the test cells of
+(b) and (c) against n and against the DFT core-hours spent (``meta.json`` ``wall_s`` x MPI ranks;
+(c) also pays for (a)'s training cells). The large cells are taken in the order of their seeds (the
+order they were computed). With n >= 2 cells one is held back for early stopping and calibration
+(one per five, by snapshot); with one cell its own other grid points validate.
 
-Snapshot arguments may be SPARC run directories, directories of them, or ``mlrho datagen`` output
-directories (their manifest decides: failed and unconverged snapshots are left out). Snapshots
-whose SCF did not converge are always left out. Run, when enough 108-atom snapshots exist::
+The number of frozen layers N is *measured*, not assumed: with all large cells, (a) is fine-tuned
+for every N in ``--freeze`` and the N with the lowest eps on the held-back validation cell (never
+the test cell) is used for the whole curve; the test eps of every N is reported too.
 
-    python benchmarks/transfer_learning.py \\
-        --small ../shared/data/sparc/al_n=2_T=*_seed=* data/al32 \\
-        --large data/al108 --test ../shared/data/sparc/al_n=3_T=630_seed=10 \\
-        --out benchmarks/results/transfer_learning
+Also the descriptor distributions of small vs large cells (mean Jensen-Shannon divergence per
+feature, MMD^2, a histogram plot), which say whether large cells hold local environments small
+ones lack. Run::
 
-``--quick`` trains small networks on few points (minutes instead of hours; the numbers then show
-only that the pipeline runs). Results: ``OUT/results.json``, ``OUT/descriptors_small_vs_large.png``
-and a Markdown table on stdout.
+    python benchmarks/transfer_learning.py --large data/sparc/al108 \\
+        --test ../shared/data/sparc/al_n=3_T=630_seed=10 --out benchmarks/results/transfer_learning_kpoints
+
+``--quick`` trains small networks on few points (the numbers then show only that the pipeline
+runs). Results: ``OUT/results.json``, ``OUT/learning_curve.png``,
+``OUT/descriptors_small_vs_large.png``, the models ``OUT/c_n=*.safetensors`` (with the SPARC
+settings of the large cells recorded) and a Markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -47,14 +48,26 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data" / "sparc"
 
 
-def core_hours(directory: Path, default_cores: int) -> float:
-    """DFT cost of one snapshot: wall time x MPI ranks, from its meta.json."""
-    meta = json.loads((directory / "meta.json").read_text()) if (directory / "meta.json").is_file() else {}
+def core_hours_of_meta(meta: dict, default_cores: int, where: str) -> float:
+    """DFT cost of one snapshot: wall time x MPI ranks, from its meta.json record."""
     if "wall_s" not in meta:
-        raise ValueError(f"{directory}: no wall_s in meta.json; cannot count its DFT cost")
+        raise ValueError(f"{where}: no wall_s in meta.json; cannot count its DFT cost")
     m = re.search(r"-np\s+(\d+)", str(meta.get("sparc_command", "")))
     cores = int(m.group(1)) if m else default_cores
     return float(meta["wall_s"]) * cores / 3600.0
+
+
+def core_hours(directory: Path, default_cores: int) -> float:
+    meta = json.loads((directory / "meta.json").read_text()) if (directory / "meta.json").is_file() else {}
+    return core_hours_of_meta(meta, default_cores, str(directory))
+
+
+def model_core_hours(model, default_cores: int) -> float:
+    """DFT cost of a model's training and validation snapshots, from the meta.json records its file keeps."""
+    training = model.metadata.get("training", {})
+    records = training.get("train_snapshots", []) + training.get("validation_snapshots", [])
+    return sum(core_hours_of_meta(r.get("meta", {}), default_cores, f"{model.name}: {r.get('name')}")
+               for r in records)
 
 
 def converged_only(dirs):
@@ -64,6 +77,11 @@ def converged_only(dirs):
     for d in sorted(set(dirs) - set(kept)):
         print(f"leaving out {d}: SCF did not converge", file=sys.stderr)
     return kept
+
+
+def seed_of(directory: Path) -> int:
+    m = re.search(r"seed=(\d+)", directory.name)
+    return int(m.group(1)) if m else 0
 
 
 def split_validation(snaps, seed: int):
@@ -81,123 +99,209 @@ def evaluate(model, tests, seed: int) -> dict:
 
     per, overall, _ = evaluate_snapshots(model, tests, seed=seed)
     return {"eps_rho_percent": overall.eps_rho_percent, "coverage_3sigma": overall.coverage_3sigma,
-            "coverage_1sigma": overall.coverage_1sigma, "per_snapshot": [m.to_dict() for m in per]}
+            "coverage_1sigma": overall.coverage_1sigma, "miscalibration_area": overall.miscalibration_area,
+            "sigma_epistemic_mean_e_per_bohr3": overall.sigma_epistemic_mean_e_per_bohr3, "per_snapshot": [m.to_dict() for m in per]}
+
+
+def recipe_configs(path: Path, quick: bool, seed: int):
+    """Descriptor, network and training settings of (a)'s recipe (a ``*.train.json``), for (b)."""
+    from ase_mlrho.descriptors import DescriptorSpec
+    from ase_mlrho.model import NetworkConfig
+    from ase_mlrho.training import TrainingConfig
+
+    recipe = json.loads(path.read_text())
+    d, n, t = recipe["descriptor"], dict(recipe["network"]), dict(recipe["training"])
+    spec = DescriptorSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    n["hidden"] = tuple(n["hidden"])
+    net, train = NetworkConfig(**n), TrainingConfig(**{**t, "seed": seed})
+    if quick:
+        train = replace(train, points_per_snapshot=3000, val_points_per_snapshot=2000, epochs=2, ensemble=2)
+    return spec, net, train
+
+
+def plot_learning_curve(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = results["curve"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for arm, style in (("b", "o-"), ("c", "s-")):
+        pts = [(r["n_large"], r["dft_core_hours"], r["eps_rho_percent"]) for r in curve if r["arm"] == arm]
+        label = {"b": "(b) 108-atom cells only", "c": f"(c) transfer, {results['freeze']} layers frozen"}[arm]
+        axes[0].plot([p[0] for p in pts], [p[2] for p in pts], style, label=label)
+        axes[1].plot([p[1] for p in pts], [p[2] for p in pts], style, label=label)
+    a = results["a"]
+    for ax in axes:
+        ax.axhline(a["eps_rho_percent"], color="grey", ls="--", label="(a) small cells only")
+        ax.axhline(0.5 * a["eps_rho_percent"], color="grey", ls=":", label="50 % below (a)")
+        ax.set_ylabel("eps on the held-out 108-atom cell (%)")
+        ax.grid(alpha=0.3)
+    axes[0].set_xlabel("108-atom DFT cells")
+    axes[1].set_xlabel("DFT core-hours (small + large)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--small", nargs="+", default=[str(SHARED / "al_n=2_T=*_seed=*")])
-    ap.add_argument("--large", nargs="+", default=[str(SHARED / "al_n=3_T=*_seed=*")])
+    ap.add_argument("--base", default="al-pbe", help="model (a): shipped name or .safetensors file")
+    ap.add_argument("--recipe", default=str(ROOT / "ase_mlrho" / "models" / "al-pbe.train.json"),
+                    help="training recipe of (a), used for (b)")
+    ap.add_argument("--large", nargs="+", default=[str(ROOT / "data" / "sparc" / "al108")])
     ap.add_argument("--test", nargs="+", default=[str(SHARED / "al_n=3_T=630_seed=10")],
-                    help="held-out large cells (never trained or validated on)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "transfer_learning"))
-    ap.add_argument("--freeze", type=int, default=2, help="leading layers frozen in (c)")
-    ap.add_argument("--large-budget", choices=("transfer", "all"), default="transfer")
+                    help="held-out large cells (never trained, validated or chosen on)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "transfer_learning_kpoints"))
+    ap.add_argument("--freeze", type=int, nargs="+", default=[0, 1, 2, 3], help="numbers of frozen layers to try")
     ap.add_argument("--cores", type=int, default=2, help="MPI ranks when meta.json does not say")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="small networks, few points: a smoke run")
     args = ap.parse_args(argv)
 
-    from sparc_bridge.snapshots import load_snapshot
-    from ase_mlrho.descriptors import DescriptorSpec
-    from ase_mlrho.model import NetworkConfig
-    from ase_mlrho.training import TrainingConfig, train_model
+    from ase_mlrho.model_files import load_model, resolve_model_path, save_model
+    from ase_mlrho.training import train_model
     from ase_mlrho.transfer import (FINETUNE_DEFAULTS, compare_descriptor_distributions, descriptor_sample,
                                     finetune_model, plot_descriptor_histograms)
+    from sparc_bridge.reference import METADATA_KEY, common_reference_settings
+    from sparc_bridge.snapshots import load_snapshot
 
     test_dirs = converged_only(find_run_directories(args.test))
     test_set = {p.resolve() for p in test_dirs}
-    small_dirs = [p for p in converged_only(find_run_directories(args.small)) if p.resolve() not in test_set]
-    large_dirs = [p for p in converged_only(find_run_directories(args.large)) if p.resolve() not in test_set]
-    if not test_dirs or not small_dirs or not large_dirs:
-        print(f"need small ({len(small_dirs)}), large ({len(large_dirs)}) and held-out test ({len(test_dirs)}) "
-              "snapshots; the large ones must not be the test cells. Generate more large cells with "
-              "`mlrho datagen --element Al --supercell 3 ...` (about 20 min each here).", file=sys.stderr)
+    large_dirs = sorted((p for p in converged_only(find_run_directories(args.large)) if p.resolve() not in test_set),
+                        key=seed_of)
+    if not test_dirs or not large_dirs:
+        print(f"need large ({len(large_dirs)}) and held-out test ({len(test_dirs)}) snapshots; the large ones must "
+              "not be the test cells. Make more with `mlrho datagen --element Al --supercell 3 ...`.",
+              file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-
+    base_path = resolve_model_path(args.base)
+    base = load_model(base_path)
+    spec, net, train_cfg = recipe_configs(Path(args.recipe), args.quick, args.seed)
+    ft_cfg = replace(FINETUNE_DEFAULTS, seed=args.seed)
     if args.quick:
-        spec = DescriptorSpec(m=16, m_s=2, k=4, species=("Al",))
-        net = NetworkConfig(hidden=(32, 32, 32))
-        train_cfg = TrainingConfig(points_per_snapshot=4000, val_points_per_snapshot=3000, epochs=8, seed=args.seed)
-        ft_cfg = replace(FINETUNE_DEFAULTS, points_per_snapshot=4000, val_points_per_snapshot=3000, epochs=6,
-                         seed=args.seed)
-    else:
-        spec, net = DescriptorSpec(species=("Al",)), NetworkConfig()
-        train_cfg, ft_cfg = TrainingConfig(seed=args.seed), replace(FINETUNE_DEFAULTS, seed=args.seed)
+        ft_cfg = replace(ft_cfg, points_per_snapshot=3000, val_points_per_snapshot=2000, epochs=2)
+    reference = common_reference_settings(large_dirs).to_dict()
 
-    cost = {p.resolve(): core_hours(p, args.cores) for p in small_dirs + large_dirs}
-    small = [load_snapshot(p) for p in small_dirs]
+    hours_a = model_core_hours(base, args.cores)
+    cost = {p.name: core_hours(p, args.cores) for p in large_dirs}
     large = [load_snapshot(p) for p in large_dirs]
     tests = [load_snapshot(p) for p in test_dirs]
-    path_of = {id(s): p for s, p in zip(small + large, small_dirs + large_dirs)}
+    results = {"base": base.name, "base_file_sha256": base.metadata.get("weights_sha256"),
+               "spec": spec.to_dict(), "network": net.to_dict(), "training_config": asdict(train_cfg),
+               "finetune_config": asdict(ft_cfg), "quick": args.quick, "test": [s.name for s in tests],
+               "large_order": [s.name for s in large], "large_core_hours": cost, "small_core_hours": hours_a}
 
-    def hours(snaps):
-        return sum(cost[path_of[id(s)].resolve()] for s in snaps)
+    def save(name, model):
+        model.metadata[METADATA_KEY] = reference
+        save_model(model, out / f"{name}.safetensors")
 
-    results = {"spec": spec.to_dict(), "network": net.to_dict(), "training_config": asdict(train_cfg),
-               "finetune_config": asdict(ft_cfg), "freeze": args.freeze, "quick": args.quick,
-               "test": [s.name for s in tests], "models": {}}
-
-    # descriptor distributions: small vs large (training) and vs the test cells
+    # descriptor distributions: (a)'s training cells against the large cells and the test cells
     t0 = time.perf_counter()
-    d_small = descriptor_sample(small, spec, 4000, args.seed)
-    d_large = descriptor_sample(large, spec, 4000, args.seed)
-    d_test = descriptor_sample(tests, spec, 4000, args.seed)
-    names = spec.feature_names()
-    cmp_sl = compare_descriptor_distributions(d_small, d_large, ("small", "large"), names, seed=args.seed)
-    cmp_st = compare_descriptor_distributions(d_small, d_test, ("small", "test"), names, seed=args.seed)
-    cmp_lt = compare_descriptor_distributions(d_large, d_test, ("large", "test"), names, seed=args.seed)
-    plot_descriptor_histograms(d_small, d_large, out / "descriptors_small_vs_large.png", cmp_sl)
-    results["descriptor_divergence"] = {c.labels[0] + "_vs_" + c.labels[1]: {"js_mean": c.js_mean, "mmd2": c.mmd2}
-                                        for c in (cmp_sl, cmp_st, cmp_lt)}
-    print(f"descriptor divergence ({time.perf_counter() - t0:.0f} s): "
-          + ", ".join(f"{k} JS {v['js_mean']:.4f} MMD2 {v['mmd2']:.4f}"
-                      for k, v in results["descriptor_divergence"].items()), file=sys.stderr)
+    small_dirs = [ROOT / r["path"] for r in base.metadata["training"]["train_snapshots"]
+                  if r.get("path") and (ROOT / r["path"]).is_dir()]
+    if small_dirs:
+        small = [load_snapshot(p) for p in small_dirs]
+        d_small = descriptor_sample(small, spec, 4000, args.seed)
+        d_large = descriptor_sample(large, spec, 4000, args.seed)
+        d_test = descriptor_sample(tests, spec, 4000, args.seed)
+        names = spec.feature_names()
+        cmps = [compare_descriptor_distributions(a, b, labels, names, seed=args.seed)
+                for a, b, labels in ((d_small, d_large, ("small", "large")), (d_small, d_test, ("small", "test")),
+                                     (d_large, d_test, ("large", "test")))]
+        plot_descriptor_histograms(d_small, d_large, out / "descriptors_small_vs_large.png", cmps[0])
+        results["descriptor_divergence"] = {c.labels[0] + "_vs_" + c.labels[1]: {"js_mean": c.js_mean, "mmd2": c.mmd2}
+                                            for c in cmps}
+        print(f"descriptor divergence ({time.perf_counter() - t0:.0f} s): "
+              + ", ".join(f"{k} JS {v['js_mean']:.4f} MMD2 {v['mmd2']:.5f}"
+                          for k, v in results["descriptor_divergence"].items()), file=sys.stderr)
 
-    def record(label, model, train, val, dft_snaps):
-        r = evaluate(model, tests, args.seed)
-        r.update(train=[s.name for s in train], validation=[s.name for s in val],
-                 dft_core_hours=hours(dft_snaps), n_dft_snapshots=len(dft_snaps),
-                 train_seconds=model.metadata["training"]["seconds"])
-        results["models"][label] = r
-        print(f"{label}: eps {r['eps_rho_percent']:.3f} %, 3-sigma coverage {r['coverage_3sigma']:.4f}, "
-              f"DFT {r['dft_core_hours']:.2f} core-h", file=sys.stderr)
-        atomic_json(out / "results.json", results)
-
-    # (a) small only
-    tr, va = split_validation(small, args.seed)
-    model_a = train_model(tr, va, spec, net, train_cfg, name="small-only", progress=False)
-    record("a_small_only", model_a, tr, va, small)
-
-    # (c) transfer: (a) fine-tuned on the large cells
-    tr_l, va_l = split_validation(large, args.seed)
-    model_c = finetune_model(model_a, tr_l, va_l, args.freeze, ft_cfg, name="transfer", progress=False)
-    record("c_transfer", model_c, tr_l, va_l, small + large)
-
-    # (b) large only, within the DFT budget of (c) (or all)
-    budget = hours(small + large) if args.large_budget == "transfer" else float("inf")
-    chosen, spent = [], 0.0
-    for s in large:
-        if spent + hours([s]) <= budget + 1e-12:
-            chosen.append(s)
-            spent += hours([s])
-    tr_b, va_b = split_validation(chosen, args.seed)
-    model_b = train_model(tr_b, va_b, spec, net, train_cfg, name="large-only", progress=False)
-    record("b_large_only", model_b, tr_b, va_b, chosen)
-    if len(chosen) == len(large) and args.large_budget == "transfer":
-        results["note"] = ("(b) used every large snapshot available, below the budget of (c): generate more "
-                           "large snapshots for a same-budget comparison")
+    # (a)
+    results["a"] = {**evaluate(base, tests, args.seed), "dft_core_hours": hours_a, "n_large": 0}
+    print(f"(a) {base.name}: eps {results['a']['eps_rho_percent']:.3f} %, "
+          f"coverage {results['a']['coverage_3sigma']:.4f}, DFT {hours_a:.2f} core-h", file=sys.stderr)
     atomic_json(out / "results.json", results)
 
-    print("| model | training snapshots | eps (%) | 3-sigma coverage | DFT core-hours |")
-    print("|---|---|---|---|---|")
-    for label, r in results["models"].items():
-        print(f"| {label} | {len(r['train'])} + {len(r['validation'])} val | {r['eps_rho_percent']:.3f} | "
-              f"{r['coverage_3sigma']:.4f} | {r['dft_core_hours']:.2f} |")
-    if "note" in results:
-        print(f"\nnote: {results['note']}")
+    # N: measured on the held-back validation cell of the all-cells split
+    tr_all, va_all = split_validation(large, args.seed)
+    results["freeze_choice"] = {"train": [s.name for s in tr_all], "validation": [s.name for s in va_all],
+                                "by_freeze": {}}
+    tuned_all = {}
+    for n_frozen in args.freeze:
+        model = finetune_model(base, tr_all, va_all, n_frozen, ft_cfg, name=f"transfer-freeze{n_frozen}",
+                               base_path=base_path, progress=False)
+        val_r = evaluate(model, va_all, args.seed)
+        test_r = evaluate(model, tests, args.seed)
+        tuned_all[n_frozen] = model
+        results["freeze_choice"]["by_freeze"][str(n_frozen)] = {
+            "validation_eps_rho_percent": val_r["eps_rho_percent"],
+            "validation_coverage_3sigma": val_r["coverage_3sigma"],
+            "test_eps_rho_percent": test_r["eps_rho_percent"], "test_coverage_3sigma": test_r["coverage_3sigma"],
+            "seconds": model.metadata["training"]["seconds"]}
+        print(f"N = {n_frozen}: validation eps {val_r['eps_rho_percent']:.3f} %, test eps "
+              f"{test_r['eps_rho_percent']:.3f} % ({model.metadata['training']['seconds']:.0f} s)", file=sys.stderr)
+        atomic_json(out / "results.json", results)
+    by = results["freeze_choice"]["by_freeze"]
+    n_best = min(args.freeze, key=lambda n: by[str(n)]["validation_eps_rho_percent"])
+    results["freeze"] = n_best
+    print(f"chosen: {n_best} frozen layers", file=sys.stderr)
+
+    # the learning curve
+    results["curve"] = []
+    for n in range(1, len(large) + 1):
+        cells = large[:n]
+        tr, va = split_validation(cells, args.seed)
+        hours_large = sum(cost[s.name] for s in cells)
+        for arm in ("b", "c"):
+            if arm == "c" and n == len(large):
+                model = tuned_all[n_best]  # the same split and settings as the choice of N
+            elif arm == "c":
+                model = finetune_model(base, tr, va, n_best, ft_cfg, name=f"transfer-n{n}", base_path=base_path,
+                                       progress=False)
+            else:
+                model = train_model(tr, va, spec, net, train_cfg, name=f"large-only-n{n}", progress=False)
+            r = {"arm": arm, "n_large": n, **evaluate(model, tests, args.seed),
+                 "train": [s.name for s in tr], "validation": [s.name for s in va],
+                 "large_core_hours": hours_large,
+                 "dft_core_hours": hours_large + (hours_a if arm == "c" else 0.0),
+                 "train_seconds": model.metadata["training"]["seconds"]}
+            results["curve"].append(r)
+            save(f"{arm}_n={n}", model)
+            print(f"({arm}) n = {n}: eps {r['eps_rho_percent']:.3f} %, coverage {r['coverage_3sigma']:.4f}, "
+                  f"DFT {r['dft_core_hours']:.2f} core-h ({r['train_seconds']:.0f} s)", file=sys.stderr)
+            atomic_json(out / "results.json", results)
+
+    # the bars
+    b_all = next(r for r in results["curve"] if r["arm"] == "b" and r["n_large"] == len(large))
+    c_all = next(r for r in results["curve"] if r["arm"] == "c" and r["n_large"] == len(large))
+    half = [r for r in results["curve"] if r["arm"] == "c" and r["large_core_hours"] <= 0.5 * b_all["large_core_hours"]]
+    results["bars"] = {
+        "c_vs_a_reduction": 1.0 - c_all["eps_rho_percent"] / results["a"]["eps_rho_percent"],
+        "c_at_half_b_hours": [{"n_large": r["n_large"], "eps_rho_percent": r["eps_rho_percent"]} for r in half],
+        "b_all_eps_rho_percent": b_all["eps_rho_percent"],
+        "c_matches_b_at_half_hours": any(r["eps_rho_percent"] <= b_all["eps_rho_percent"] for r in half),
+        "c_all_coverage_3sigma": c_all["coverage_3sigma"],
+    }
+    atomic_json(out / "results.json", results)
+    plot_learning_curve(results, out / "learning_curve.png")
+
+    print("| model | 108-atom cells | eps (%) | 3-sigma coverage | miscalibration | DFT core-hours |")
+    print("|---|---|---|---|---|---|")
+    a = results["a"]
+    print(f"| (a) {base.name} | 0 | {a['eps_rho_percent']:.3f} | {a['coverage_3sigma']:.4f} | "
+          f"{a['miscalibration_area']:.3f} | {hours_a:.2f} |")
+    for r in results["curve"]:
+        print(f"| ({r['arm']}) | {len(r['train'])} + {len(r['validation'])} val | {r['eps_rho_percent']:.3f} | "
+              f"{r['coverage_3sigma']:.4f} | {r['miscalibration_area']:.3f} | {r['dft_core_hours']:.2f} |")
+    print("\nfrozen layers (validation eps): " + ", ".join(
+        f"N={k}: {v['validation_eps_rho_percent']:.3f} % (test {v['test_eps_rho_percent']:.3f} %)"
+        for k, v in by.items()) + f"; chosen N = {n_best}")
+    print(f"bars: (c) vs (a) {100 * results['bars']['c_vs_a_reduction']:.1f} % lower; (c) at <= half of (b)'s "
+          f"108-atom hours matches (b): {results['bars']['c_matches_b_at_half_hours']}")
     return 0
 
 

@@ -94,7 +94,7 @@ def run(args) -> int:
     save_model(model, out)
     cal = model.metadata["calibration"]
     summary = {"output": str(out), "base_model": base.name, "frozen_layers": args.freeze,
-               "n_layers": len(model.network.layers), "train_snapshots": [s.name for s in train],
+               "n_layers": model.metadata["lineage"][-1]["n_layers"], "train_snapshots": [s.name for s in train],
                "validation_snapshots": [s.name for s in val], "excluded_unconverged": dropped + val_dropped,
                "seconds": model.metadata["training"]["seconds"], "sigma_scale": cal["sigma_scale"],
                "validation_coverage_3sigma": cal["validation_coverage_3sigma"]}
