@@ -13,7 +13,7 @@ from tests.conftest import ROOT, SHARED_SPARC
 
 
 def test_shipped_models_load_with_their_metadata():
-    assert {"al-pbe", "al-pbe-gamma", "sige-pbe"} <= set(shipped_models())
+    assert {"al-pbe", "al-pbe-108", "al-pbe-gamma", "sige-pbe"} <= set(shipped_models())
     al = load_model("al-pbe-gamma")  # the Gamma-point model (history; compares with Gamma-point references)
     assert al.species == ("Al",) and al.valence_electrons == {"Al": 3.0} and al.mesh_spacing_bohr == 0.25
     assert al.spec.has_angular and al.metadata["training"]["validation_snapshots"][0]["name"] == "al_n=2_T=945_seed=8"
@@ -126,3 +126,29 @@ def test_shipped_models_record_measured_harris_foulkes_settings():
     assert (gamma.rho_trigger, gamma.states_factor) == (8, 2.0)
     sige = HarrisFoulkesSettings.for_model(load_model("sige-pbe").metadata)
     assert (sige.rho_trigger, sige.states_factor, sige.nstates(576)) == (8, None, None)
+
+
+AL108 = ROOT / "data" / "sparc" / "al108"
+
+
+def test_al_pbe_108_on_gamma_point_108_atom_cells():
+    """al-pbe-108 (issue 17): the k-point al-pbe fine-tuned, no layer frozen (the number measured best on a held-back
+    cell, benchmarks/README.md), on two Gamma-point Al108 cells (945, 1260 K), validated and calibrated on two
+    (315, 1890 K). When shipped: the 1890 K validation cell (never trained on) eps 1.295 %, 3-sigma coverage 0.995;
+    315 K 0.462 %, 1.000; the shared held-out 630 K cell 0.625 %, 1.000 (al-pbe there: 1.406 %, 0.887).
+    It stands for Gamma-point references, and its energies are computed that way."""
+    model = load_model("al-pbe-108")
+    assert model.metadata["sparc_reference"]["kpoint_length_ang"] is None  # Gamma point
+    step = model.metadata["lineage"][-1]
+    assert step["base_model"] == "al-pbe" and step["frozen_layers"] == 0 and model.ensemble_size == 4
+    from sparc_bridge.inputs import HarrisFoulkesSettings
+    assert HarrisFoulkesSettings.for_model(model.metadata).rho_trigger == 8  # al-pbe-gamma's, Gamma-point cells
+    cells = [AL108 / "al_n=3_T=1890_seed=104", AL108 / "al_n=3_T=315_seed=103"]
+    bars = [(1.35, 0.99), (0.50, 0.999)]
+    shared = SHARED_SPARC / "al_n=3_T=630_seed=10"
+    if shared.is_dir():
+        cells.append(shared)
+        bars.append((0.66, 0.99))
+    metrics, _, _ = evaluate_snapshots(model, [load_snapshot(c) for c in cells])
+    for m, (eps_bar, cov_bar) in zip(metrics, bars):
+        assert m.eps_rho_percent < eps_bar and m.coverage_3sigma >= cov_bar, m.name
