@@ -159,6 +159,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cores", type=int, default=2, help="MPI ranks when meta.json does not say")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="small networks, few points: a smoke run")
+    ap.add_argument("--noise-seeds", type=int, nargs="+", metavar="SEED",
+                    help="after a finished run in --out: retrain the models the bars compare ((b) with all large "
+                         "cells, (c) with 1 and 2) with these training seeds (same splits), to size the seed noise")
     args = ap.parse_args(argv)
 
     from ase_mlrho.model_files import load_model, resolve_model_path, save_model
@@ -187,6 +190,9 @@ def main(argv=None) -> int:
         ft_cfg = replace(ft_cfg, points_per_snapshot=3000, val_points_per_snapshot=2000, epochs=2)
     reference = common_reference_settings(large_dirs).to_dict()
 
+    if args.noise_seeds:
+        return seed_noise(args, out, base, base_path, large_dirs, [load_snapshot(p) for p in test_dirs], spec, net,
+                          train_cfg, ft_cfg)
     hours_a = model_core_hours(base, args.cores)
     cost = {p.name: core_hours(p, args.cores) for p in large_dirs}
     large = [load_snapshot(p) for p in large_dirs]
@@ -302,6 +308,47 @@ def main(argv=None) -> int:
         for k, v in by.items()) + f"; chosen N = {n_best}")
     print(f"bars: (c) vs (a) {100 * results['bars']['c_vs_a_reduction']:.1f} % lower; (c) at <= half of (b)'s "
           f"108-atom hours matches (b): {results['bars']['c_matches_b_at_half_hours']}")
+    return 0
+
+
+def seed_noise(args, out: Path, base, base_path, large_dirs, tests, spec, net, train_cfg, ft_cfg) -> int:
+    """The models the bars compare, retrained with other training seeds on the same splits: how much of a
+    difference between two curve points is seed noise."""
+    from ase_mlrho.training import train_model
+    from ase_mlrho.transfer import finetune_model
+    from sparc_bridge.snapshots import load_snapshot
+
+    results = json.loads((out / "results.json").read_text())
+    large = [load_snapshot(p) for p in large_dirs]
+    n_all = len(large)
+    points = [("b", n_all), ("c", 1), ("c", 2)]
+    noise = results.setdefault("seed_noise", {})
+    for arm, n in points:
+        key = f"{arm}_n={n}"
+        first = next(r for r in results["curve"] if r["arm"] == arm and r["n_large"] == n)
+        entry = noise.setdefault(key, {"seeds": [args.seed], "eps_rho_percent": [first["eps_rho_percent"]],
+                                       "coverage_3sigma": [first["coverage_3sigma"]]})
+        tr, va = split_validation(large[:n], args.seed)
+        for seed in args.noise_seeds:
+            if seed in entry["seeds"]:
+                continue
+            if arm == "b":
+                model = train_model(tr, va, spec, net, replace(train_cfg, seed=seed), name=key, progress=False)
+            else:
+                model = finetune_model(base, tr, va, results["freeze"], replace(ft_cfg, seed=seed), name=key,
+                                       base_path=base_path, progress=False)
+            r = evaluate(model, tests, args.seed)
+            entry["seeds"].append(seed)
+            entry["eps_rho_percent"].append(r["eps_rho_percent"])
+            entry["coverage_3sigma"].append(r["coverage_3sigma"])
+            print(f"({arm}) n = {n}, seed {seed}: eps {r['eps_rho_percent']:.3f} %, coverage "
+                  f"{r['coverage_3sigma']:.4f}", file=sys.stderr)
+            atomic_json(out / "results.json", results)
+    for key, e in noise.items():
+        e["mean"], e["std"] = float(np.mean(e["eps_rho_percent"])), float(np.std(e["eps_rho_percent"], ddof=1))
+        print(f"{key}: eps {e['mean']:.3f} +- {e['std']:.3f} % over seeds {e['seeds']} "
+              f"({', '.join(f'{v:.3f}' for v in e['eps_rho_percent'])}); coverage min {min(e['coverage_3sigma']):.4f}")
+    atomic_json(out / "results.json", results)
     return 0
 
 
