@@ -159,6 +159,10 @@ def main(argv=None) -> int:
     ap.add_argument("--cores", type=int, default=2, help="MPI ranks when meta.json does not say")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="small networks, few points: a smoke run")
+    ap.add_argument("--points", type=int, help="grid points sampled per cell for training and validation in (b) "
+                    "and (c) (default: the recipe's and the fine-tuning defaults', 60 k and 30 k)")
+    ap.add_argument("--curve", type=int, nargs="+", metavar="N", help="numbers of large cells on the curve "
+                    "(default 1 .. all; the last must be all of them)")
     ap.add_argument("--noise-seeds", type=int, nargs="+", metavar="SEED",
                     help="after a finished run in --out: retrain the models the bars compare ((b) with all large "
                          "cells, (c) with 1 and 2) with these training seeds (same splits), to size the seed noise")
@@ -188,6 +192,9 @@ def main(argv=None) -> int:
     ft_cfg = replace(FINETUNE_DEFAULTS, seed=args.seed)
     if args.quick:
         ft_cfg = replace(ft_cfg, points_per_snapshot=3000, val_points_per_snapshot=2000, epochs=2)
+    if args.points:
+        train_cfg = replace(train_cfg, points_per_snapshot=args.points, val_points_per_snapshot=args.points // 2)
+        ft_cfg = replace(ft_cfg, points_per_snapshot=args.points, val_points_per_snapshot=args.points // 2)
     reference = common_reference_settings(large_dirs).to_dict()
 
     if args.noise_seeds:
@@ -258,7 +265,10 @@ def main(argv=None) -> int:
 
     # the learning curve
     results["curve"] = []
-    for n in range(1, len(large) + 1):
+    curve_ns = args.curve or list(range(1, len(large) + 1))
+    if max(curve_ns) != len(large) or min(curve_ns) < 1:
+        raise SystemExit(f"--curve must lie in 1 .. {len(large)} and end at {len(large)} (all large cells)")
+    for n in sorted(set(curve_ns)):
         cells = large[:n]
         tr, va = split_validation(cells, args.seed)
         hours_large = sum(cost[s.name] for s in cells)
