@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
@@ -36,9 +36,10 @@ from .inputs import (
     DENSITY_INPUT_NAME,
     HarrisFoulkesSettings,
     SparcSettings,
+    scf_parameters,
+    warm_start_parameters,
     write_harris_foulkes_input,
-    write_scf_input,
-    write_warm_start_input,
+    write_input_set,
 )
 from .run import SparcResult, resolve_command, run_sparc
 from .screening import ScreeningModel, SecondOrderCorrection, second_order_correction
@@ -263,6 +264,7 @@ def warm_start_comparison(
     timeout_s: float | None = None,
     rho_trigger: int | None = DEFAULT_RHO_TRIGGER,
     default_run=None,
+    both_sides: Mapping[str, object] | None = None,
 ) -> WarmStartComparison:
     """Full SCF started from the given density vs from SPARC's default guess, same settings and FIX_RAND.
 
@@ -272,20 +274,28 @@ def warm_start_comparison(
 
     The warm start uses ``rho_trigger`` first-iteration passes (a good density is wasted on an
     unconverged first subspace, see :func:`sparc_bridge.inputs.warm_start_parameters`); the default
-    run is SPARC's ordinary start (RHO_TRIGGER 4). Runs in ``directory/warm`` and
-    ``directory/default``; returns both runs (iterations, wall times).
+    run is SPARC's ordinary start (RHO_TRIGGER 4). ``both_sides``: further SPARC parameters given to
+    both runs alike (e.g. ``{"NSTATES": 101, "NUM_CHEFSI": 2}``), so that eigensolver or mixing
+    settings are compared on the same footing; refused with ``default_run`` (that run used SPARC's own).
+    Runs in ``directory/warm`` and ``directory/default``; returns both runs (iterations, wall times).
     """
+    both_sides = dict(both_sides or {})
+    if both_sides and default_run is not None:
+        raise ValueError("extra SPARC parameters for both sides need the default side run here, not taken from "
+                         f"a reference run computed without them ({', '.join(both_sides)})")
     check_grid(atoms, grid, settings)
     command = resolve_command(command)
     prepared = prepare_density(density_e_per_bohr3, grid, n_valence_electrons(atoms, settings.psp_dir))
     directory = Path(directory)
     warm_dir, default_dir = directory / "warm", directory / "default"
-    write_warm_start_input(atoms, warm_dir, settings, rho_trigger=rho_trigger)
+    write_input_set(atoms, warm_dir, {**warm_start_parameters(atoms, settings, rho_trigger=rho_trigger),
+                                      **both_sides}, settings)
     write_input_density(warm_dir / DENSITY_INPUT_NAME, atoms, prepared.density_e_per_bohr3, grid, settings.psp_dir)
     warm = run_sparc(warm_dir, command=command, timeout_s=timeout_s)
     if default_run is not None:
         return WarmStartComparison(warm=warm, default=default_run)
-    write_scf_input(atoms, default_dir, settings, print_density=False, fix_rand=1)
+    write_input_set(atoms, default_dir, {**scf_parameters(atoms, settings, print_density=False, fix_rand=1),
+                                         **both_sides}, settings)
     default = run_sparc(default_dir, command=command, timeout_s=timeout_s)
     return WarmStartComparison(warm=warm, default=default)
 

@@ -320,6 +320,23 @@ def test_warmstart_json(fake_sparc, toy_model, al4_dir, tmp_path, capsys):
     assert (workdir / REPORT).is_file()
 
 
+def test_warmstart_settings_for_both_sides(fake_sparc, toy_model, al4_dir, tmp_path, capsys):
+    """--sparc-param reaches both runs' input files alike, and cannot be mixed with a reference default side."""
+    workdir = tmp_path / "w"
+    assert main(["warmstart", str(al4_dir), "-m", toy_model, "--workdir", str(workdir), "--json",
+                 "--sparc-param", "NSTATES=20", "--sparc-param", "num_chefsi=2"]) == 0
+    r = _json(capsys)
+    assert r["sparc_params_both_sides"] == {"NSTATES": 20, "NUM_CHEFSI": 2}
+    for side in ("warm", "default"):
+        text = (workdir / side / "SPARC.inpt").read_text()
+        assert "NSTATES: 20" in text and "NUM_CHEFSI: 2" in text, side
+    assert main(["warmstart", str(al4_dir), "-m", toy_model, "--sparc-param", "NSTATES=20",
+                 "--default-from-reference"]) == 2
+    assert "drop --default-from-reference" in capsys.readouterr().err
+    assert main(["warmstart", str(al4_dir), "-m", toy_model, "--sparc-param", "NSTATES"]) == 2
+    assert "NAME=VALUE" in capsys.readouterr().err
+
+
 def test_warmstart_default_side_from_the_reference_run(fake_sparc, toy_model, al4_dir, al4_xyz, tmp_path, capsys):
     """The reference run's own SCF (15 iterations, in the fixture's SPARC.out) stands for the default guess."""
     workdir = tmp_path / "w"

@@ -37,7 +37,28 @@ def register(subparsers) -> None:
     p.add_argument("--default-from-reference", action="store_true",
                    help="when STRUCTURE_OR_DIR is a finished SPARC run computed with the model's settings from "
                         "SPARC's default guess, take its SCF as the default side instead of running it again")
+    p.add_argument("--sparc-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a SPARC input parameter given to both runs alike (repeatable), e.g. NSTATES=101 or "
+                        "NUM_CHEFSI=2: eigensolver or mixing settings compared on the same footing")
     p.set_defaults(func=run)
+
+
+def parse_sparc_params(items) -> dict:
+    """``["NSTATES=101", "MIXING_PARAMETER=0.5"]`` -> ``{"NSTATES": 101, "MIXING_PARAMETER": 0.5}``."""
+    params = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ValueError(f"--sparc-param wants NAME=VALUE, got {item!r}")
+        for kind in (int, float):
+            try:
+                params[name.strip().upper()] = kind(value)
+                break
+            except ValueError:
+                continue
+        else:
+            params[name.strip().upper()] = value.strip()
+    return params
 
 
 def run(args) -> int:
@@ -49,6 +70,10 @@ def run(args) -> int:
     try:
         if args.rho_trigger < 1:
             raise ValueError(f"--rho-trigger must be >= 1, got {args.rho_trigger}")
+        both_sides = parse_sparc_params(args.sparc_param)
+        if both_sides and args.default_from_reference:
+            raise ValueError("--sparc-param changes both runs: the default side must run here, not come from "
+                             "the reference run (drop --default-from-reference)")
         def check(model):
             if args.default_from_reference and not Path(args.structure).is_dir():
                 raise ValueError("--default-from-reference needs a SPARC run directory as input")
@@ -69,7 +94,8 @@ def run(args) -> int:
         grid, density, uncertainty = MLDensityProvider(model, *provider_settings)(inp.atoms)
         t_pred = time.perf_counter() - t0
         cmp = warm_start_comparison(inp.atoms, density, grid, settings, workdir, command, args.timeout,
-                                    rho_trigger=args.rho_trigger, default_run=default_run)
+                                    rho_trigger=args.rho_trigger, default_run=default_run,
+                                    both_sides=both_sides)
     except (SparcRunError, GridMismatchError, ValueError) as exc:
         return common.run_failed(name, exc)
     except SparcNotFoundError as exc:
@@ -93,6 +119,7 @@ def run(args) -> int:
         "default_converged": cmp.default.scf_converged,
         "energy_scf_reference_ha_per_atom": inp.scf_energy_ha_per_atom,
         "rho_trigger": int(args.rho_trigger),
+        "sparc_params_both_sides": both_sides,
         "default_side": "the reference run" if default_run is not None else "run here",
         "predict_seconds": t_pred,
         "seconds": seconds,
