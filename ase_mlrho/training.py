@@ -35,7 +35,8 @@ from .model import DensityEnsemble, DensityNetwork, NetworkConfig
 from .model_files import MLRhoModel
 from .uncertainty import calibrated_scale, coverage, miscalibration_area
 
-__all__ = ["TrainingConfig", "Dataset", "build_dataset", "train_model", "fit_baseline", "split_by_snapshot"]
+__all__ = ["TrainingConfig", "Dataset", "build_dataset", "train_model", "fit_baseline", "split_by_snapshot",
+           "recipe_configs"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,16 @@ def split_by_snapshot(snapshots, seed: int) -> tuple[list, list]:
     order = np.random.default_rng(seed).permutation(len(snapshots))
     n_val = max(1, len(snapshots) // 5)
     return [snapshots[i] for i in sorted(order[n_val:])], [snapshots[i] for i in sorted(order[:n_val])]
+
+
+def recipe_configs(recipe: dict) -> tuple[dict, NetworkConfig, TrainingConfig]:
+    """A training recipe (``ase_mlrho/models/*.train.json``: sections 'descriptor', 'network' and
+    'training', each optional) as (DescriptorSpec keywords, NetworkConfig, TrainingConfig)."""
+    d, n, t = (dict(recipe.get(k, {})) for k in ("descriptor", "network", "training"))
+    for key in ("hidden", "radial_widths_bohr"):
+        if key in n:
+            n[key] = tuple(n[key])
+    return d, NetworkConfig(**n), TrainingConfig(**t)
 
 
 def fit_baseline(network: DensityNetwork, desc: np.ndarray, rho: np.ndarray, ridge: float) -> None:

@@ -68,13 +68,15 @@ def fourier_resample(field: np.ndarray, shape) -> np.ndarray:
 
 def explained(error: np.ndarray, pattern: np.ndarray, dv: float, n_e: float) -> dict:
     """Fit error ~ alpha * pattern (least squares); what the pattern accounts for."""
+    from ase_mlrho.evaluation import eps_rho_percent
+
     e, p = error.ravel(), pattern.ravel()
     alpha = float(e @ p / (p @ p))
     rest = e - alpha * p
     return {"alpha": alpha, "variance_fraction_explained": float(1.0 - rest @ rest / (e @ e)),
             "correlation": float(np.corrcoef(e, p)[0, 1]),
-            "eps_percent": 100.0 * float(np.abs(e).sum() * dv / n_e),
-            "eps_after_removing_percent": 100.0 * float(np.abs(rest).sum() * dv / n_e)}
+            "eps_percent": eps_rho_percent(e, dv, n_e),
+            "eps_after_removing_percent": eps_rho_percent(rest, dv, n_e)}
 
 
 def main(argv=None) -> int:

@@ -37,7 +37,7 @@ import json
 import re
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -87,11 +87,9 @@ def seed_of(directory: Path) -> int:
 def split_validation(snaps, seed: int):
     """One validation snapshot per 5, by snapshot (never by grid point); with a single snapshot it
     is used for both, which the results record."""
-    if len(snaps) == 1:
-        return snaps, snaps
-    order = np.random.default_rng(seed).permutation(len(snaps))
-    n_val = max(1, len(snaps) // 5)
-    return [snaps[i] for i in sorted(order[n_val:])], [snaps[i] for i in sorted(order[:n_val])]
+    from ase_mlrho.training import split_by_snapshot
+
+    return (snaps, snaps) if len(snaps) == 1 else split_by_snapshot(snaps, seed)
 
 
 def evaluate(model, tests, seed: int) -> dict:
@@ -106,17 +104,35 @@ def evaluate(model, tests, seed: int) -> dict:
 def recipe_configs(path: Path, quick: bool, seed: int):
     """Descriptor, network and training settings of (a)'s recipe (a ``*.train.json``), for (b)."""
     from ase_mlrho.descriptors import DescriptorSpec
-    from ase_mlrho.model import NetworkConfig
-    from ase_mlrho.training import TrainingConfig
+    from ase_mlrho.training import recipe_configs
 
-    recipe = json.loads(path.read_text())
-    d, n, t = recipe["descriptor"], dict(recipe["network"]), dict(recipe["training"])
-    spec = DescriptorSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-    n["hidden"] = tuple(n["hidden"])
-    net, train = NetworkConfig(**n), TrainingConfig(**{**t, "seed": seed})
+    d, net, train = recipe_configs(json.loads(path.read_text()))
+    spec, train = DescriptorSpec(**d), replace(train, seed=seed)
     if quick:
         train = replace(train, points_per_snapshot=3000, val_points_per_snapshot=2000, epochs=2, ensemble=2)
     return spec, net, train
+
+
+@dataclass(frozen=True)
+class Arms:
+    """How (b) and (c) models are made: (b) from scratch with (a)'s recipe, (c) by fine-tuning (a)."""
+    base: object
+    base_path: Path
+    spec: object
+    net: object
+    train_cfg: object
+    ft_cfg: object
+
+    def fit(self, arm: str, train, val, name: str, n_frozen: int = 0, seed: int | None = None):
+        from ase_mlrho.training import train_model
+        from ase_mlrho.transfer import finetune_model
+
+        if arm == "b":
+            cfg = self.train_cfg if seed is None else replace(self.train_cfg, seed=seed)
+            return train_model(train, val, self.spec, self.net, cfg, name=name, progress=False)
+        cfg = self.ft_cfg if seed is None else replace(self.ft_cfg, seed=seed)
+        return finetune_model(self.base, train, val, n_frozen, cfg, name=name, base_path=self.base_path,
+                              progress=False)
 
 
 def plot_learning_curve(results: dict, path: Path) -> None:
@@ -169,9 +185,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from ase_mlrho.model_files import load_model, resolve_model_path, save_model
-    from ase_mlrho.training import train_model
     from ase_mlrho.transfer import (FINETUNE_DEFAULTS, compare_descriptor_distributions, descriptor_sample,
-                                    finetune_model, plot_descriptor_histograms)
+                                    plot_descriptor_histograms)
     from sparc_bridge.reference import METADATA_KEY, common_reference_settings
     from sparc_bridge.snapshots import load_snapshot
 
@@ -182,6 +197,11 @@ def main(argv=None) -> int:
     if not test_dirs or not large_dirs:
         print(f"need large ({len(large_dirs)}) and held-out test ({len(test_dirs)}) snapshots; the large ones must "
               "not be the test cells. Make more with `mlrho datagen --element Al --supercell 3 ...`.",
+              file=sys.stderr)
+        return 2
+    curve_ns = sorted(set(args.curve or range(1, len(large_dirs) + 1)))
+    if curve_ns[-1] != len(large_dirs) or curve_ns[0] < 1:
+        print(f"--curve must lie in 1 .. {len(large_dirs)} and end at {len(large_dirs)} (all large cells)",
               file=sys.stderr)
         return 2
     out = Path(args.out)
@@ -196,10 +216,10 @@ def main(argv=None) -> int:
         train_cfg = replace(train_cfg, points_per_snapshot=args.points, val_points_per_snapshot=args.points // 2)
         ft_cfg = replace(ft_cfg, points_per_snapshot=args.points, val_points_per_snapshot=args.points // 2)
     reference = common_reference_settings(large_dirs).to_dict()
+    arms = Arms(base, base_path, spec, net, train_cfg, ft_cfg)
 
     if args.noise_seeds:
-        return seed_noise(args, out, base, base_path, large_dirs, [load_snapshot(p) for p in test_dirs], spec, net,
-                          train_cfg, ft_cfg)
+        return seed_noise(args, out, arms, large_dirs, [load_snapshot(p) for p in test_dirs])
     hours_a = model_core_hours(base, args.cores)
     cost = {p.name: core_hours(p, args.cores) for p in large_dirs}
     large = [load_snapshot(p) for p in large_dirs]
@@ -245,8 +265,7 @@ def main(argv=None) -> int:
                                 "by_freeze": {}}
     tuned_all = {}
     for n_frozen in args.freeze:
-        model = finetune_model(base, tr_all, va_all, n_frozen, ft_cfg, name=f"transfer-freeze{n_frozen}",
-                               base_path=base_path, progress=False)
+        model = arms.fit("c", tr_all, va_all, f"transfer-freeze{n_frozen}", n_frozen)
         val_r = evaluate(model, va_all, args.seed)
         test_r = evaluate(model, tests, args.seed)
         tuned_all[n_frozen] = model
@@ -265,21 +284,15 @@ def main(argv=None) -> int:
 
     # the learning curve
     results["curve"] = []
-    curve_ns = args.curve or list(range(1, len(large) + 1))
-    if max(curve_ns) != len(large) or min(curve_ns) < 1:
-        raise SystemExit(f"--curve must lie in 1 .. {len(large)} and end at {len(large)} (all large cells)")
-    for n in sorted(set(curve_ns)):
+    for n in curve_ns:
         cells = large[:n]
         tr, va = split_validation(cells, args.seed)
         hours_large = sum(cost[s.name] for s in cells)
         for arm in ("b", "c"):
             if arm == "c" and n == len(large):
                 model = tuned_all[n_best]  # the same split and settings as the choice of N
-            elif arm == "c":
-                model = finetune_model(base, tr, va, n_best, ft_cfg, name=f"transfer-n{n}", base_path=base_path,
-                                       progress=False)
             else:
-                model = train_model(tr, va, spec, net, train_cfg, name=f"large-only-n{n}", progress=False)
+                model = arms.fit(arm, tr, va, f"{'transfer' if arm == 'c' else 'large-only'}-n{n}", n_best)
             r = {"arm": arm, "n_large": n, **evaluate(model, tests, args.seed),
                  "train": [s.name for s in tr], "validation": [s.name for s in va],
                  "large_core_hours": hours_large,
@@ -321,11 +334,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def seed_noise(args, out: Path, base, base_path, large_dirs, tests, spec, net, train_cfg, ft_cfg) -> int:
+def seed_noise(args, out: Path, arms: Arms, large_dirs, tests) -> int:
     """The models the bars compare, retrained with other training seeds on the same splits: how much of a
     difference between two curve points is seed noise."""
-    from ase_mlrho.training import train_model
-    from ase_mlrho.transfer import finetune_model
     from sparc_bridge.snapshots import load_snapshot
 
     results = json.loads((out / "results.json").read_text())
@@ -342,11 +353,7 @@ def seed_noise(args, out: Path, base, base_path, large_dirs, tests, spec, net, t
         for seed in args.noise_seeds:
             if seed in entry["seeds"]:
                 continue
-            if arm == "b":
-                model = train_model(tr, va, spec, net, replace(train_cfg, seed=seed), name=key, progress=False)
-            else:
-                model = finetune_model(base, tr, va, results["freeze"], replace(ft_cfg, seed=seed), name=key,
-                                       base_path=base_path, progress=False)
+            model = arms.fit(arm, tr, va, key, results["freeze"], seed=seed)
             r = evaluate(model, tests, args.seed)
             entry["seeds"].append(seed)
             entry["eps_rho_percent"].append(r["eps_rho_percent"])

@@ -36,10 +36,9 @@ from .inputs import (
     DENSITY_INPUT_NAME,
     HarrisFoulkesSettings,
     SparcSettings,
-    scf_parameters,
-    warm_start_parameters,
     write_harris_foulkes_input,
-    write_input_set,
+    write_scf_input,
+    write_warm_start_input,
 )
 from .run import SparcResult, resolve_command, run_sparc
 from .screening import ScreeningModel, SecondOrderCorrection, second_order_correction
@@ -288,14 +287,12 @@ def warm_start_comparison(
     prepared = prepare_density(density_e_per_bohr3, grid, n_valence_electrons(atoms, settings.psp_dir))
     directory = Path(directory)
     warm_dir, default_dir = directory / "warm", directory / "default"
-    write_input_set(atoms, warm_dir, {**warm_start_parameters(atoms, settings, rho_trigger=rho_trigger),
-                                      **both_sides}, settings)
+    write_warm_start_input(atoms, warm_dir, settings, rho_trigger=rho_trigger, extra=both_sides)
     write_input_density(warm_dir / DENSITY_INPUT_NAME, atoms, prepared.density_e_per_bohr3, grid, settings.psp_dir)
     warm = run_sparc(warm_dir, command=command, timeout_s=timeout_s)
     if default_run is not None:
         return WarmStartComparison(warm=warm, default=default_run)
-    write_input_set(atoms, default_dir, {**scf_parameters(atoms, settings, print_density=False, fix_rand=1),
-                                         **both_sides}, settings)
+    write_scf_input(atoms, default_dir, settings, print_density=False, fix_rand=1, extra=both_sides)
     default = run_sparc(default_dir, command=command, timeout_s=timeout_s)
     return WarmStartComparison(warm=warm, default=default)
 

@@ -330,9 +330,11 @@ def write_input_set(atoms, directory, parameters: Mapping[str, object], settings
 
 
 def write_scf_input(atoms, directory, settings: SparcSettings = SparcSettings(), label: str = DEFAULT_LABEL,
-                    print_density: bool = True, fix_rand: int | None = None) -> InputSet:
-    """Write a reference SCF input set (see :func:`scf_parameters`)."""
-    return write_input_set(atoms, directory, scf_parameters(atoms, settings, print_density, fix_rand), settings, label)
+                    print_density: bool = True, fix_rand: int | None = None,
+                    extra: Mapping[str, object] | None = None) -> InputSet:
+    """Write a reference SCF input set (see :func:`scf_parameters`); ``extra`` parameters are added last."""
+    return write_input_set(atoms, directory, {**scf_parameters(atoms, settings, print_density, fix_rand),
+                                              **(extra or {})}, settings, label)
 
 
 def write_harris_foulkes_input(atoms, directory, settings: SparcSettings = SparcSettings(),
@@ -347,10 +349,13 @@ def write_harris_foulkes_input(atoms, directory, settings: SparcSettings = Sparc
 def write_warm_start_input(atoms, directory, settings: SparcSettings = SparcSettings(),
                            density_file: str = DENSITY_INPUT_NAME, label: str = DEFAULT_LABEL,
                            print_density: bool = False, fix_rand: int | None = 1,
-                           rho_trigger: int | None = DEFAULT_RHO_TRIGGER) -> InputSet:
-    """Write a warm-start SCF input set (the density file is written separately)."""
+                           rho_trigger: int | None = DEFAULT_RHO_TRIGGER,
+                           extra: Mapping[str, object] | None = None) -> InputSet:
+    """Write a warm-start SCF input set (the density file is written separately); ``extra`` parameters
+    are added last."""
     return write_input_set(atoms, directory,
-                           warm_start_parameters(atoms, settings, density_file, print_density, fix_rand, rho_trigger),
+                           {**warm_start_parameters(atoms, settings, density_file, print_density, fix_rand,
+                                                    rho_trigger), **(extra or {})},
                            settings, label)
 
 

@@ -35,8 +35,7 @@ def register(subparsers) -> None:
 
 
 def _configs(args):
-    from ..model import NetworkConfig
-    from ..training import TrainingConfig
+    from ..training import recipe_configs
 
     cfg = json.loads(Path(args.config).read_text()) if args.config else {}
     d, n, t = dict(cfg.get("descriptor", {})), dict(cfg.get("network", {})), dict(cfg.get("training", {}))
@@ -49,10 +48,7 @@ def _configs(args):
                      ("seed", args.seed), ("ensemble", args.ensemble)):
         if val is not None:
             t[key] = val
-    for key in ("hidden", "radial_widths_bohr"):
-        if key in n:
-            n[key] = tuple(n[key])
-    return d, NetworkConfig(**n), TrainingConfig(**t)
+    return recipe_configs({"descriptor": d, "network": n, "training": t})
 
 
 def run(args) -> int:
