@@ -5,6 +5,15 @@ posterior weight samples, and between the members of an ensemble), so the struct
 are the ones a DFT run teaches the model most about. Each candidate is predicted in full (its grid at the
 model's mesh) and scored by its mean epistemic sigma (e/Bohr^3); the fraction of its points above the
 model's validation p99.9 (the out-of-distribution threshold stored in the model file) is reported beside it.
+
+Ranked by sigma alone, the choice runs to the edges of the pool: the most uncertain candidates are the ones
+least like anything else (composition extremes, the hottest cells, vacancies), which a DFT run teaches the
+model about *themselves* but little about the rest. ``by="density"`` ranks by *information density*
+(Settles and Craven 2008): each point's epistemic sigma weighted by how typical its environment is of the
+other candidates -- the density of their descriptor vectors there (a Gaussian kernel density estimate in the
+leading principal components of the standardised descriptors, on a seeded random sample of grid points
+per candidate), divided by its mean over the pool. A candidate then scores high when the model is
+uncertain about environments that many candidates share.
 """
 
 from __future__ import annotations
@@ -15,7 +24,25 @@ import numpy as np
 
 from .inference import InferenceSettings, run_prediction
 
-__all__ = ["CandidateScore", "score_candidates", "rank"]
+__all__ = ["CandidateScore", "DensitySettings", "STRATEGIES", "score_candidates", "typicality_weights", "rank"]
+
+#: what candidates can be ranked by: the mean epistemic sigma, or the same weighted by typicality
+STRATEGIES = ("sigma", "density")
+
+
+@dataclass(frozen=True)
+class DensitySettings:
+    """The typicality weighting of ``by="density"``: grid points sampled per candidate (seeded), and the
+    principal components of the standardised descriptors the kernel density estimate works in."""
+
+    points_per_candidate: int = 1000
+    components: int = 8
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.points_per_candidate < 10 or self.components < 1:
+            raise ValueError(f"points_per_candidate must be >= 10 and components >= 1, got "
+                             f"{self.points_per_candidate} and {self.components}")
 
 
 @dataclass(frozen=True)
@@ -31,34 +58,92 @@ class CandidateScore:
     sigma_epistemic_max_e_per_bohr3: float
     sigma_aleatoric_mean_e_per_bohr3: float
     ood_fraction: float | None
+    sigma_epistemic_typical_e_per_bohr3: float | None = None
+    by: str = "sigma"
 
     @property
     def score(self) -> float:
-        """What candidates are ranked by: the mean epistemic sigma."""
+        """What candidates are ranked by: the mean epistemic sigma (``by="sigma"``), or the mean over the
+        sampled points of epistemic sigma times typicality (``by="density"``)."""
+        if self.by == "density":
+            return self.sigma_epistemic_typical_e_per_bohr3
         return self.sigma_epistemic_mean_e_per_bohr3
 
     def to_dict(self) -> dict:
         return {**asdict(self), "score": self.score}
 
 
-def score_candidates(model, candidates, settings: InferenceSettings = InferenceSettings(), progress=None) -> list:
-    """Score ``candidates`` (iterable of ``(source, frame, ase.Atoms)``) with ``model``; the same seed gives the
-    same scores. ``progress(i, n)`` is called after each candidate when given."""
+def score_candidates(model, candidates, settings: InferenceSettings = InferenceSettings(), progress=None,
+                     by: str = "sigma", density: DensitySettings = DensitySettings()) -> list:
+    """Score ``candidates`` (iterable of ``(source, frame, ase.Atoms)``) with ``model``, ranked ``by`` one of
+    :data:`STRATEGIES`; the same seeds give the same scores. ``progress(i, n)`` is called after each
+    candidate when given."""
+    from dataclasses import replace
+
+    from .descriptors import Descriptors
+
+    if by not in STRATEGIES:
+        raise ValueError(f"rank by one of {', '.join(STRATEGIES)}, not {by!r}")
     candidates = list(candidates)
     threshold = model.epistemic_sigma_validation_max
-    out = []
+    out, sampled = [], []
     for i, (source, frame, atoms) in enumerate(candidates):
         field = run_prediction(model, atoms, None, settings).field
         epi = field.sigma_epistemic
         out.append(CandidateScore(
             str(source), int(frame), len(atoms), atoms.get_chemical_formula(), float(epi.mean()), float(epi.max()),
             float(field.sigma_aleatoric.mean()),
-            None if threshold is None else float(np.mean(epi / field.renormalisation_factor > threshold))))
+            None if threshold is None else float(np.mean(epi / field.renormalisation_factor > threshold)), by=by))
+        if by == "density":
+            rng = np.random.default_rng([density.seed, i])
+            idx = rng.choice(epi.size, size=min(density.points_per_candidate, epi.size), replace=False)
+            desc = Descriptors.from_atoms(model.spec, atoms).compute(field.grid.points_bohr_at(idx))
+            sampled.append((epi.ravel()[idx], desc))
         if progress is not None:
             progress(i + 1, len(candidates))
+    if by == "density":
+        weights = typicality_weights([d for _, d in sampled], density.components)
+        out = [replace(c, sigma_epistemic_typical_e_per_bohr3=float(np.mean(sig * w)))
+               for c, (sig, _), w in zip(out, sampled, weights)]
     return out
 
 
+def typicality_weights(features, components: int = 8, chunk: int = 2048) -> list:
+    """Per point, how typical its environment is of the *other* candidates: the Gaussian kernel density of
+    the other candidates' points at it (a candidate's own points do not count, or a perfect crystal, whose
+    points repeat by symmetry, would make itself typical), divided by the mean of that over all the points
+    (so the weights average to 1). Computed in the leading ``components`` principal components of the
+    standardised features, with a Gaussian kernel of Scott's bandwidth (covariance ``n^(-2/(d+4))`` times
+    that of all the points, as scipy's ``gaussian_kde``). ``features``: one (P_i, F) array per candidate;
+    returns one (P_i,) array per candidate (all ones for a single candidate). Constant features are dropped."""
+    sizes = np.array([len(f) for f in features])
+    x = np.concatenate([np.asarray(f, dtype=np.float64) for f in features])
+    std = x.std(axis=0)
+    keep = std > 1e-9 * max(float(std.max()), 1e-300)
+    if len(sizes) < 2 or not keep.any():
+        return [np.ones(n) for n in sizes]
+    z = (x[:, keep] - x[:, keep].mean(axis=0)) / std[keep]
+    k = min(components, z.shape[1], len(z) - 2)
+    _, _, vt = np.linalg.svd(z, full_matrices=False)
+    y = z @ vt[:k].T
+    n, d = y.shape
+    cov = np.atleast_2d(np.cov(y.T)) * n ** (-2.0 / (d + 4))
+    u = np.linalg.solve(np.linalg.cholesky(cov), y.T).T  # whitened: the kernel is exp(-|u_i - u_j|^2 / 2)
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    onehot = np.zeros((n, len(sizes)))
+    onehot[np.arange(n), owner] = 1.0
+    sq = (u * u).sum(axis=1)
+    other = np.empty(n)
+    for s0 in range(0, n, chunk):
+        s1 = min(s0 + chunk, n)
+        d2 = np.maximum(sq[s0:s1, None] + sq[None, :] - 2.0 * u[s0:s1] @ u.T, 0.0)
+        per_candidate = np.exp(-0.5 * d2) @ onehot  # (chunk, candidates): kernel sums per candidate
+        own = per_candidate[np.arange(s1 - s0), owner[s0:s1]]
+        other[s0:s1] = (per_candidate.sum(axis=1) - own) / (n - sizes[owner[s0:s1]])
+    w = other / other.mean()
+    return np.split(w, np.cumsum(sizes)[:-1])
+
+
 def rank(scores) -> list:
-    """Most uncertain first; ties keep the input order."""
+    """Highest score first; ties keep the input order."""
     return sorted(scores, key=lambda s: -s.score)

@@ -1,8 +1,9 @@
 """Uncertainty-driven data acquisition with SPARC: choose, compute, refit, repeat (``mlrho learn``).
 
 Each round
-1. scores every candidate not chosen before with the current model (its mean epistemic sigma,
-   :func:`ase_mlrho.selection.score_candidates`) and chooses the ``per_round`` most uncertain -- or,
+1. scores every candidate not chosen before with the current model (``strategy`` "sigma": its mean
+   epistemic sigma; "density": the same weighted by how typical each point is of the pool,
+   :func:`ase_mlrho.selection.score_candidates`) and chooses the ``per_round`` highest -- or,
    with ``random_seed`` set, ``per_round`` at random (the control arm of a selection study);
 2. computes each chosen structure as it is (no MD) with one SPARC SCF at the model's reference settings
    (:func:`sparc_bridge.datagen.run_datagen`, resumable on its own);
@@ -47,7 +48,8 @@ class LearningPlan:
     refit : "retrain" (from scratch, the starting model's recipe) or "finetune" (single networks).
     freeze : layers frozen when fine-tuning.
     random_seed : None to choose by uncertainty; an integer to choose at random with that seed.
-    seed : seed of the weight samples when scoring.
+    seed : seed of the weight samples (and of the density's point samples) when scoring.
+    strategy : what the uncertainty choice ranks by, one of :data:`ase_mlrho.selection.STRATEGIES`.
     """
 
     candidates: tuple[str, ...]
@@ -59,8 +61,11 @@ class LearningPlan:
     freeze: int = 1
     random_seed: int | None = None
     seed: int = 0
+    strategy: str = "sigma"
 
     def __post_init__(self):
+        from ase_mlrho.selection import STRATEGIES
+
         for name in ("candidates", "train_dirs", "val_dirs"):
             object.__setattr__(self, name, tuple(str(x) for x in getattr(self, name)))
         if not self.candidates:
@@ -71,6 +76,8 @@ class LearningPlan:
             raise ValueError(f"rounds and per_round must be >= 1, got {self.rounds} and {self.per_round}")
         if self.refit not in ("retrain", "finetune"):
             raise ValueError(f"refit must be retrain or finetune, got {self.refit!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -101,15 +108,17 @@ def _key(source: str, frame: int) -> str:
 def _choose(plan: LearningPlan, model, pool, round_index: int, log) -> tuple[list[dict], list[dict]]:
     """(scores of the pool, chosen entries) for one round."""
     from ase_mlrho.inference import InferenceSettings
-    from ase_mlrho.selection import rank, score_candidates
+    from ase_mlrho.selection import DensitySettings, rank, score_candidates
 
-    scores = score_candidates(model, pool, InferenceSettings(seed=plan.seed))
+    scores = score_candidates(model, pool, InferenceSettings(seed=plan.seed), by=plan.strategy,
+                              density=DensitySettings(seed=plan.seed))
     table = [dict(s.to_dict(), key=_key(s.source, s.frame)) for s in scores]
     for row in table:
         row["source"] = Path(row["source"]).name
     if plan.random_seed is None:
         order = [_key(s.source, s.frame) for s in rank(scores)]
-        why = "largest mean epistemic sigma"
+        why = ("largest mean epistemic sigma" if plan.strategy == "sigma"
+               else "largest mean epistemic sigma weighted by typicality")
     else:
         rng = np.random.default_rng([int(plan.random_seed), round_index])
         order = [_key(pool[i][0], pool[i][1]) for i in rng.permutation(len(pool))]
@@ -118,7 +127,7 @@ def _choose(plan: LearningPlan, model, pool, round_index: int, log) -> tuple[lis
     chosen = [{"key": k, "rank": r + 1, "score": by_key[k]["score"], "why": why}
               for r, k in enumerate(order[:plan.per_round])]
     for c in chosen:
-        log(f"round {round_index}: chose {c['key']} (#{c['rank']}, mean epistemic sigma {c['score']:.3e} e/Bohr^3)")
+        log(f"round {round_index}: chose {c['key']} (#{c['rank']}, score {c['score']:.3e} e/Bohr^3: {c['why']})")
     return table, chosen
 
 
@@ -225,7 +234,7 @@ def run_active_learning(model_path, plan: LearningPlan, workdir, command: str | 
     path = workdir / MANIFEST
     if path.is_file():
         manifest = read_learning_manifest(workdir)
-        if manifest.get("plan") != plan.to_dict():
+        if {"strategy": "sigma", **manifest.get("plan", {})} != plan.to_dict():  # runs from before strategy
             raise ValueError(f"{workdir} holds an active-learning run with another plan; use a new --workdir")
     else:
         manifest = {"format": FORMAT, "version": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

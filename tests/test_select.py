@@ -72,3 +72,63 @@ def test_select_refuses_bad_input_with_one_line(case, toy_model_path, tmp_path, 
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mlrho select: error:")
+
+
+def test_typicality_weights_are_a_kernel_density_written_out():
+    """1-D data: the weight of a point is the Gaussian kernel density of the *other* candidates' points at it
+    (Scott's bandwidth: n^(-1/5) times the standard deviation of all points), over its mean; summed by
+    hand here."""
+    from ase_mlrho.selection import typicality_weights
+
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(0.0, 1.0, (200, 1)), rng.normal(0.2, 1.0, (150, 1)), rng.normal(5.0, 0.5, (40, 1))]
+    w = typicality_weights(parts, components=3)
+    x = np.concatenate(parts)[:, 0]
+    z = (x - x.mean()) / x.std()
+    h = len(z) ** (-1 / 5) * z.std(ddof=1)
+    owner = np.repeat([0, 1, 2], [len(p) for p in parts])
+    kern = np.exp(-0.5 * ((z[:, None] - z[None, :]) / h) ** 2)
+    other = np.array([kern[i, owner != owner[i]].mean() for i in range(len(z))])
+    assert np.concatenate(w) == pytest.approx(other / other.mean(), rel=1e-9)
+    assert w[2].mean() < 0.1 * min(w[0].mean(), w[1].mean())  # the small, far cluster is atypical of the pool
+    # constant features carry no information and are dropped; a second copy of a feature changes nothing
+    w2 = typicality_weights([np.hstack([p, np.ones_like(p), p]) for p in parts], components=1)
+    assert np.concatenate(w2) == pytest.approx(np.concatenate(w), rel=1e-9)
+    assert [list(v) for v in typicality_weights(parts[:1])] == [[1.0] * 200]  # one candidate: nothing to compare
+
+
+def test_select_by_density_weights_sigma_by_typicality(toy_model_path, tmp_path, capsys):  # noqa: F811
+    """Three copies of a slightly rattled cell and one 7 % compressed cell: by sigma the compressed one comes
+    first; weighted by typicality its score falls against its mean sigma more than the common cells' do, and
+    every score is the mean of sigma times weight over the sampled points (recomputed here)."""
+    from ase_mlrho.descriptors import Descriptors
+    from ase_mlrho.selection import DensitySettings, typicality_weights
+
+    seen, squeezed, _ = _cells()
+    frames = []
+    for i in range(3):
+        a = seen.copy()
+        a.rattle(0.05, seed=i)
+        frames.append(a)
+    frames.append(squeezed)
+    write(tmp_path / "pool.xyz", frames)
+    capsys.readouterr()
+    assert main(["select", "-m", toy_model_path, str(tmp_path / "pool.xyz"), "--by", "density", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["by"] == "density"
+    by_frame = {c["frame"]: c for c in report["candidates"]}
+    ratio = {f: c["score"] / c["sigma_epistemic_mean_e_per_bohr3"] for f, c in by_frame.items()}
+    assert ratio[3] < min(ratio[f] for f in range(3))
+    model = load_model(toy_model_path)
+    settings = DensitySettings()
+    sig, desc = [], []
+    for i, atoms in enumerate(frames):
+        field = run_prediction(model, atoms, None, InferenceSettings()).field
+        idx = np.random.default_rng([settings.seed, i]).choice(field.sigma_epistemic.size,
+                                                               size=min(1000, field.sigma_epistemic.size),
+                                                               replace=False)
+        sig.append(field.sigma_epistemic.ravel()[idx])
+        desc.append(Descriptors.from_atoms(model.spec, atoms).compute(field.grid.points_bohr_at(idx)))
+    w = typicality_weights(desc)
+    for i in range(4):
+        assert by_frame[i]["score"] == pytest.approx(float(np.mean(sig[i] * w[i])), rel=1e-6)  # float32 fields
