@@ -123,6 +123,28 @@ DEFAULT_STATES_FACTOR = None
 #: ({"rho_trigger": int, "states_factor": float or null, "source": str}); see benchmarks/README.md
 HF_METADATA_KEY = "hf_settings"
 
+#: model-file metadata key of the SPARC settings a material's warm-start comparisons give to both runs
+#: alike ({"sparc": {NAME: value}, "source": str}), e.g. al-pbe's MIXING_PARAMETER 0.6: a larger Pulay
+#: step that the warm start, already close to the fixed point, gains more from than SPARC's default guess
+#: (measured in benchmarks/README.md, 'Warm start')
+WARMSTART_METADATA_KEY = "warmstart_settings"
+
+
+def warm_start_params_for_model(metadata: dict) -> dict:
+    """The SPARC parameters a model file records for warm starts (``warmstart_settings``), names upper
+    case; ``{}`` when it records none. ValueError naming the key for a malformed entry (the names are
+    checked against SPARC's schema when an input file is written)."""
+    entry = (metadata or {}).get(WARMSTART_METADATA_KEY)
+    if entry is None:
+        return {}
+    params = entry.get("sparc") if isinstance(entry, dict) else None
+    if not isinstance(params, dict) or not all(
+            isinstance(k, str) and k and isinstance(v, (int, float, str)) and not isinstance(v, bool)
+            for k, v in params.items()):
+        raise ValueError(f"the model's '{WARMSTART_METADATA_KEY}' entry is malformed (want "
+                         f"{{'sparc': {{NAME: number or text}}, 'source': ...}}): {entry!r}")
+    return {k.upper(): v for k, v in params.items()}
+
 
 class UnknownSparcParameterError(KeyError):
     """A SPARC parameter name that SPARC's schema (as shipped with sparc-x-api) does not know."""

@@ -337,6 +337,46 @@ def test_warmstart_settings_for_both_sides(fake_sparc, toy_model, al4_dir, tmp_p
     assert "NAME=VALUE" in capsys.readouterr().err
 
 
+def test_warmstart_uses_the_settings_the_model_records(fake_sparc, toy_model, al4_dir, tmp_path, capsys):
+    """A model's recorded warm-start settings reach both input files; --sparc-param overrides one of the same
+    name; --sparc-defaults drops them; with the default side taken from the reference run (made with SPARC's
+    own settings) the warm side does not get them either; a malformed entry is one line."""
+    from ase_mlrho.model_files import load_model, save_model
+    from sparc_bridge.inputs import WARMSTART_METADATA_KEY
+
+    model = load_model(toy_model)
+    model.metadata[WARMSTART_METADATA_KEY] = {"sparc": {"mixing_parameter": 0.6}, "source": "test"}
+    recorded = save_model(model, tmp_path / "recorded.safetensors")
+
+    def inputs(workdir, sides=("warm", "default")):
+        return [(workdir / side / "SPARC.inpt").read_text() for side in sides]
+
+    assert main(["warmstart", str(al4_dir), "-m", str(recorded), "--workdir", str(tmp_path / "a"), "--json"]) == 0
+    r = _json(capsys)
+    assert r["sparc_params_both_sides"] == {"MIXING_PARAMETER": 0.6} and r["sparc_params_recorded_applied"]
+    assert all("MIXING_PARAMETER: 0.6" in t for t in inputs(tmp_path / "a"))
+    assert main(["warmstart", str(al4_dir), "-m", str(recorded), "--workdir", str(tmp_path / "b"), "--json",
+                 "--sparc-param", "MIXING_PARAMETER=0.4", "--sparc-param", "NSTATES=20"]) == 0
+    assert _json(capsys)["sparc_params_both_sides"] == {"MIXING_PARAMETER": 0.4, "NSTATES": 20}
+    assert all("MIXING_PARAMETER: 0.4" in t and "NSTATES: 20" in t for t in inputs(tmp_path / "b"))
+    assert main(["warmstart", str(al4_dir), "-m", str(recorded), "--workdir", str(tmp_path / "c"), "--json",
+                 "--sparc-defaults"]) == 0
+    r = _json(capsys)
+    assert r["sparc_params_both_sides"] == {} and not r["sparc_params_recorded_applied"]
+    assert r["sparc_params_recorded_by_model"] == {"MIXING_PARAMETER": 0.6}
+    assert not any("MIXING_PARAMETER" in t for t in inputs(tmp_path / "c"))
+    assert main(["warmstart", str(al4_dir), "-m", str(recorded), "--workdir", str(tmp_path / "d"),
+                 "--default-from-reference"]) == 0
+    out = capsys.readouterr().out
+    assert "not applied: the default side is the reference run" in out
+    assert "MIXING_PARAMETER" not in inputs(tmp_path / "d", ("warm",))[0]
+    model.metadata[WARMSTART_METADATA_KEY] = {"sparc": {"MIXING_PARAMETER": [0.6]}}
+    bad = save_model(model, tmp_path / "bad.safetensors")
+    assert main(["warmstart", str(al4_dir), "-m", str(bad), "--workdir", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "warmstart_settings" in err[0]
+
+
 def test_warmstart_default_side_from_the_reference_run(fake_sparc, toy_model, al4_dir, al4_xyz, tmp_path, capsys):
     """The reference run's own SCF (15 iterations, in the fixture's SPARC.out) stands for the default guess."""
     workdir = tmp_path / "w"
