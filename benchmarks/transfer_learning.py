@@ -24,6 +24,13 @@ ones lack. Run::
     python benchmarks/transfer_learning.py --large data/sparc/al108 \\
         --test ../shared/data/sparc/al_n=3_T=630_seed=10 --out benchmarks/results/transfer_learning_kpoints
 
+Two follow-ups on a finished run in ``--out`` (they add to its results.json):
+``--lr-check LR...`` fine-tunes (a) on the split that chose N, with N frozen, at other learning rates
+(the validation cell says whether the fine-tuning default, 1e-3, held (c) back); ``--half-budget SEED...``
+fits (b) and (c) on all the large cells within half of (b)'s all-cells core-hours, in the curve's
+order, validated on their own held-back grid points (no cell spent on validation, as with one cell):
+the best (c) that the cost bar allows.
+
 ``--quick`` trains small networks on few points (the numbers then show only that the pipeline
 runs). Results: ``OUT/results.json``, ``OUT/learning_curve.png``,
 ``OUT/descriptors_small_vs_large.png``, the models ``OUT/c_n=*.safetensors`` (with the SPARC
@@ -182,6 +189,12 @@ def main(argv=None) -> int:
     ap.add_argument("--noise-seeds", type=int, nargs="+", metavar="SEED",
                     help="after a finished run in --out: retrain the models the bars compare ((b) with all large "
                          "cells, (c) with 1 and 2) with these training seeds (same splits), to size the seed noise")
+    ap.add_argument("--lr-check", type=float, nargs="+", metavar="LR",
+                    help="after a finished run in --out: fine-tune on the split that chose N at these learning "
+                         "rates (validation and test eps of each)")
+    ap.add_argument("--half-budget", type=int, nargs="+", metavar="SEED",
+                    help="after a finished run in --out: (b) and (c) on the cells within half of (b)'s all-cells "
+                         "hours, validated on their own points, with these training seeds")
     args = ap.parse_args(argv)
 
     from ase_mlrho.model_files import load_model, resolve_model_path, save_model
@@ -220,6 +233,10 @@ def main(argv=None) -> int:
 
     if args.noise_seeds:
         return seed_noise(args, out, arms, large_dirs, [load_snapshot(p) for p in test_dirs])
+    if args.lr_check:
+        return lr_check(args, out, arms, [load_snapshot(p) for p in test_dirs])
+    if args.half_budget:
+        return half_budget(args, out, arms, large_dirs, [load_snapshot(p) for p in test_dirs])
     hours_a = model_core_hours(base, args.cores)
     cost = {p.name: core_hours(p, args.cores) for p in large_dirs}
     large = [load_snapshot(p) for p in large_dirs]
@@ -365,6 +382,76 @@ def seed_noise(args, out: Path, arms: Arms, large_dirs, tests) -> int:
         e["mean"], e["std"] = float(np.mean(e["eps_rho_percent"])), float(np.std(e["eps_rho_percent"], ddof=1))
         print(f"{key}: eps {e['mean']:.3f} +- {e['std']:.3f} % over seeds {e['seeds']} "
               f"({', '.join(f'{v:.3f}' for v in e['eps_rho_percent'])}); coverage min {min(e['coverage_3sigma']):.4f}")
+    atomic_json(out / "results.json", results)
+    return 0
+
+
+def _snapshots_by_name(large_dirs, names) -> list:
+    from sparc_bridge.snapshots import load_snapshot
+
+    by_name = {p.name: p for p in large_dirs}
+    return [load_snapshot(by_name[n]) for n in names]
+
+
+def lr_check(args, out: Path, arms: Arms, tests) -> int:
+    """(a) fine-tuned with N frozen on the split that chose N, at other learning rates: validation and test eps."""
+    results = json.loads((out / "results.json").read_text())
+    choice = results["freeze_choice"]
+    large_dirs = converged_only(find_run_directories(args.large))
+    tr, va = _snapshots_by_name(large_dirs, choice["train"]), _snapshots_by_name(large_dirs, choice["validation"])
+    entry = results.setdefault("lr_check", {"freeze": results["freeze"], "train": choice["train"],
+                                            "validation": choice["validation"], "by_learning_rate": {}})
+    by = entry["by_learning_rate"]
+    by.setdefault(str(arms.ft_cfg.learning_rate), {
+        "validation_eps_rho_percent": choice["by_freeze"][str(results["freeze"])]["validation_eps_rho_percent"],
+        "test_eps_rho_percent": choice["by_freeze"][str(results["freeze"])]["test_eps_rho_percent"]})
+    for lr in args.lr_check:
+        if str(lr) in by:
+            continue
+        tuned = replace(arms, ft_cfg=replace(arms.ft_cfg, learning_rate=lr))
+        model = tuned.fit("c", tr, va, f"transfer-lr{lr}", results["freeze"])
+        by[str(lr)] = {"validation_eps_rho_percent": evaluate(model, va, args.seed)["eps_rho_percent"],
+                       "test_eps_rho_percent": evaluate(model, tests, args.seed)["eps_rho_percent"]}
+        atomic_json(out / "results.json", results)
+    for lr, r in sorted(by.items(), key=lambda kv: float(kv[0])):
+        print(f"fine-tuning learning rate {float(lr):g}: validation eps {r['validation_eps_rho_percent']:.3f} %, "
+              f"test eps {r['test_eps_rho_percent']:.3f} %")
+    atomic_json(out / "results.json", results)
+    return 0
+
+
+def half_budget(args, out: Path, arms: Arms, large_dirs, tests) -> int:
+    """(b) and (c) on every large cell within half of (b)'s all-cells hours (the curve's order), validated on
+    held-back grid points of the same cells, for each seed: the best (c) the cost bar allows, and (b) alike."""
+    from sparc_bridge.snapshots import load_snapshot
+
+    results = json.loads((out / "results.json").read_text())
+    cost = results["large_core_hours"]
+    limit = 0.5 * sum(cost[n] for n in results["large_order"])
+    names, hours = [], 0.0
+    for n in results["large_order"]:
+        if hours + cost[n] > limit:
+            break
+        names.append(n)
+        hours += cost[n]
+    cells = [load_snapshot(next(p for p in large_dirs if p.name == n)) for n in names]
+    entry = results.setdefault("half_budget", {"cells": names, "large_core_hours": hours, "limit_core_hours": limit,
+                                               "validation": "held-back grid points of the same cells"})
+    for arm in ("c", "b"):
+        e = entry.setdefault(arm, {"seeds": [], "eps_rho_percent": [], "coverage_3sigma": []})
+        for seed in args.half_budget:
+            if seed in e["seeds"]:
+                continue
+            model = arms.fit(arm, cells, cells, f"{arm}-half-budget", results["freeze"], seed=seed)
+            r = evaluate(model, tests, args.seed)
+            e["seeds"].append(seed)
+            e["eps_rho_percent"].append(r["eps_rho_percent"])
+            e["coverage_3sigma"].append(r["coverage_3sigma"])
+            atomic_json(out / "results.json", results)
+        e["mean"] = float(np.mean(e["eps_rho_percent"]))
+        print(f"({arm}) on {' + '.join(names)} ({hours:.2f} of at most {limit:.2f} core-h), own points validating: "
+              f"eps {e['mean']:.3f} % ({', '.join(f'{v:.3f}' for v in e['eps_rho_percent'])}; seeds {e['seeds']}), "
+              f"coverage min {min(e['coverage_3sigma']):.4f}")
     atomic_json(out / "results.json", results)
     return 0
 
