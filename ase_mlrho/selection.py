@@ -33,16 +33,23 @@ STRATEGIES = ("sigma", "density")
 @dataclass(frozen=True)
 class DensitySettings:
     """The typicality weighting of ``by="density"``: grid points sampled per candidate (seeded), and the
-    principal components of the standardised descriptors the kernel density estimate works in."""
+    principal components of the standardised descriptors the kernel density estimate works in. The kernel
+    sums cost (all sampled points)^2, so with many candidates each gets fewer points: at most
+    ``max_points_total`` in all, at least 20 per candidate."""
 
     points_per_candidate: int = 1000
     components: int = 8
     seed: int = 0
+    max_points_total: int = 50_000
 
     def __post_init__(self):
-        if self.points_per_candidate < 10 or self.components < 1:
-            raise ValueError(f"points_per_candidate must be >= 10 and components >= 1, got "
-                             f"{self.points_per_candidate} and {self.components}")
+        if self.points_per_candidate < 20 or self.components < 1 or self.max_points_total < 20:
+            raise ValueError(f"points_per_candidate and max_points_total must be >= 20 and components >= 1, got "
+                             f"{self.points_per_candidate}, {self.max_points_total} and {self.components}")
+
+    def points_for(self, n_candidates: int) -> int:
+        """Points sampled per candidate when there are ``n_candidates``."""
+        return max(20, min(self.points_per_candidate, self.max_points_total // max(int(n_candidates), 1)))
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,7 @@ def score_candidates(model, candidates, settings: InferenceSettings = InferenceS
         raise ValueError(f"rank by one of {', '.join(STRATEGIES)}, not {by!r}")
     candidates = list(candidates)
     threshold = model.epistemic_sigma_validation_max
+    n_points = density.points_for(len(candidates))
     out, sampled = [], []
     for i, (source, frame, atoms) in enumerate(candidates):
         field = run_prediction(model, atoms, None, settings).field
@@ -96,7 +104,7 @@ def score_candidates(model, candidates, settings: InferenceSettings = InferenceS
             None if threshold is None else float(np.mean(epi / field.renormalisation_factor > threshold)), by=by))
         if by == "density":
             rng = np.random.default_rng([density.seed, i])
-            idx = rng.choice(epi.size, size=min(density.points_per_candidate, epi.size), replace=False)
+            idx = rng.choice(epi.size, size=min(n_points, epi.size), replace=False)
             desc = Descriptors.from_atoms(model.spec, atoms).compute(field.grid.points_bohr_at(idx))
             sampled.append((epi.ravel()[idx], desc))
         if progress is not None:

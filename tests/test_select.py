@@ -97,6 +97,15 @@ def test_typicality_weights_are_a_kernel_density_written_out():
     assert [list(v) for v in typicality_weights(parts[:1])] == [[1.0] * 200]  # one candidate: nothing to compare
 
 
+def test_density_sampling_shrinks_with_many_candidates():
+    from ase_mlrho.selection import DensitySettings
+
+    s = DensitySettings()
+    assert [s.points_for(n) for n in (1, 18, 50, 1000, 10_000)] == [1000, 1000, 1000, 50, 20]
+    with pytest.raises(ValueError, match="points_per_candidate"):
+        DensitySettings(points_per_candidate=5)
+
+
 def test_select_by_density_weights_sigma_by_typicality(toy_model_path, tmp_path, capsys):  # noqa: F811
     """Three copies of a slightly rattled cell and one 7 % compressed cell: by sigma the compressed one comes
     first; weighted by typicality its score falls against its mean sigma more than the common cells' do, and
