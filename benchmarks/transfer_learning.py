@@ -234,7 +234,7 @@ def main(argv=None) -> int:
     if args.noise_seeds:
         return seed_noise(args, out, arms, large_dirs, [load_snapshot(p) for p in test_dirs])
     if args.lr_check:
-        return lr_check(args, out, arms, [load_snapshot(p) for p in test_dirs])
+        return lr_check(args, out, arms, large_dirs, [load_snapshot(p) for p in test_dirs])
     if args.half_budget:
         return half_budget(args, out, arms, large_dirs, [load_snapshot(p) for p in test_dirs])
     hours_a = model_core_hours(base, args.cores)
@@ -393,11 +393,10 @@ def _snapshots_by_name(large_dirs, names) -> list:
     return [load_snapshot(by_name[n]) for n in names]
 
 
-def lr_check(args, out: Path, arms: Arms, tests) -> int:
+def lr_check(args, out: Path, arms: Arms, large_dirs, tests) -> int:
     """(a) fine-tuned with N frozen on the split that chose N, at other learning rates: validation and test eps."""
     results = json.loads((out / "results.json").read_text())
     choice = results["freeze_choice"]
-    large_dirs = converged_only(find_run_directories(args.large))
     tr, va = _snapshots_by_name(large_dirs, choice["train"]), _snapshots_by_name(large_dirs, choice["validation"])
     entry = results.setdefault("lr_check", {"freeze": results["freeze"], "train": choice["train"],
                                             "validation": choice["validation"], "by_learning_rate": {}})
@@ -423,8 +422,6 @@ def lr_check(args, out: Path, arms: Arms, tests) -> int:
 def half_budget(args, out: Path, arms: Arms, large_dirs, tests) -> int:
     """(b) and (c) on every large cell within half of (b)'s all-cells hours (the curve's order), validated on
     held-back grid points of the same cells, for each seed: the best (c) the cost bar allows, and (b) alike."""
-    from sparc_bridge.snapshots import load_snapshot
-
     results = json.loads((out / "results.json").read_text())
     cost = results["large_core_hours"]
     limit = 0.5 * sum(cost[n] for n in results["large_order"])
@@ -434,7 +431,7 @@ def half_budget(args, out: Path, arms: Arms, large_dirs, tests) -> int:
             break
         names.append(n)
         hours += cost[n]
-    cells = [load_snapshot(next(p for p in large_dirs if p.name == n)) for n in names]
+    cells = _snapshots_by_name(large_dirs, names)
     entry = results.setdefault("half_budget", {"cells": names, "large_core_hours": hours, "limit_core_hours": limit,
                                                "validation": "held-back grid points of the same cells"})
     for arm in ("c", "b"):

@@ -134,16 +134,17 @@ def warm_start_params_for_model(metadata: dict) -> dict:
     """The SPARC parameters a model file records for warm starts (``warmstart_settings``), names upper
     case; ``{}`` when it records none. ValueError naming the key for a malformed entry (the names are
     checked against SPARC's schema when an input file is written)."""
-    entry = (metadata or {}).get(WARMSTART_METADATA_KEY)
-    if entry is None:
-        return {}
-    params = entry.get("sparc") if isinstance(entry, dict) else None
-    if not isinstance(params, dict) or not all(
-            isinstance(k, str) and k and isinstance(v, (int, float, str)) and not isinstance(v, bool)
-            for k, v in params.items()):
-        raise ValueError(f"the model's '{WARMSTART_METADATA_KEY}' entry is malformed (want "
-                         f"{{'sparc': {{NAME: number or text}}, 'source': ...}}): {entry!r}")
-    return {k.upper(): v for k, v in params.items()}
+    from ase_mlrho.model_files import metadata_entry
+
+    def parse(entry: dict) -> dict:
+        params = entry["sparc"]
+        if not isinstance(params, dict) or not all(
+                isinstance(k, str) and k and isinstance(v, (int, float, str)) and not isinstance(v, bool)
+                for k, v in params.items()):
+            raise ValueError("want {'sparc': {NAME: number or text}, 'source': ...}")
+        return {k.upper(): v for k, v in params.items()}
+
+    return metadata_entry(metadata, WARMSTART_METADATA_KEY, parse) or {}
 
 
 class UnknownSparcParameterError(KeyError):
