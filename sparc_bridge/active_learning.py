@@ -222,6 +222,10 @@ def _validate(model, val_dirs) -> dict:
             "cells": {m.name: m.eps_rho_percent for m in per}}
 
 
+def _without_rounds(plan: dict) -> dict:
+    return {k: v for k, v in plan.items() if k != "rounds"}
+
+
 def run_active_learning(model_path, plan: LearningPlan, workdir, command: str | None = None,
                         timeout_s: float | None = None, log=print, dft_cache=None) -> dict:
     """Run (or resume) the loop of ``plan`` from the model file ``model_path`` in ``workdir``; the manifest.
@@ -234,8 +238,16 @@ def run_active_learning(model_path, plan: LearningPlan, workdir, command: str | 
     path = workdir / MANIFEST
     if path.is_file():
         manifest = read_learning_manifest(workdir)
-        if {"strategy": "sigma", **manifest.get("plan", {})} != plan.to_dict():  # runs from before strategy
+        before = {"strategy": "sigma", **manifest.get("plan", {})}  # runs from before strategy
+        if _without_rounds(before) != _without_rounds(plan.to_dict()):
             raise ValueError(f"{workdir} holds an active-learning run with another plan; use a new --workdir")
+        if plan.rounds != before.get("rounds"):  # the same plan, more rounds: go on from where it stopped
+            if plan.rounds < len(manifest["rounds"]):
+                raise ValueError(f"{workdir} has run {len(manifest['rounds'])} rounds already; --rounds "
+                                 f"{plan.rounds} would drop some")
+            log(f"{workdir}: rounds {before.get('rounds')} -> {plan.rounds}; the rounds done are kept")
+            manifest["plan"] = plan.to_dict()
+            _save(workdir, manifest)
     else:
         manifest = {"format": FORMAT, "version": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "start_model": model_path.name, "plan": plan.to_dict(), "rounds": []}

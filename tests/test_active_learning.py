@@ -1,6 +1,7 @@
 """`mlrho learn` (sparc_bridge.active_learning) with a fake SPARC that copies the committed Al4 run's outputs."""
 
 import json
+from pathlib import Path
 
 import pytest
 from ase.build import bulk
@@ -70,6 +71,17 @@ def test_learn_chooses_the_most_uncertain_computes_refits_and_resumes(toy, candi
     # again: everything is there, nothing is recomputed
     assert _learn(toy, candidates, al4_dir_module, work) == 0
     assert len(fake()) == 2 and read_learning_manifest(work)["rounds"] == m["rounds"]
+    # the same plan with more rounds goes on from where it stopped: one more SPARC run, rounds 1-2 untouched
+    assert main(["learn", "-m", toy, "--candidates", *candidates, "--train", str(al4_dir_module), "--val",
+                 str(al4_dir_module), "--rounds", "3", "--per-round", "1", "--workdir", str(work)]) == 0
+    m3 = read_learning_manifest(work)
+    assert len(fake()) == 3 and m3["rounds"][:2] == m["rounds"] and m3["plan"]["rounds"] == 3
+    assert m3["rounds"][2]["status"] == "fitted" and m3["rounds"][2]["dft_runs_so_far"] == 3
+    assert {r["chosen"][0]["key"] for r in m3["rounds"]} == {f"{Path(c).name}@0" for c in candidates}
+    # ... but not with fewer rounds than it has run
+    capsys.readouterr()
+    assert _learn(toy, candidates, al4_dir_module, work) == 2
+    assert "would drop some" in capsys.readouterr().err
     # another plan in the same directory is refused
     capsys.readouterr()
     assert main(["learn", "-m", toy, "--candidates", *candidates, "--val", str(al4_dir_module), "--rounds", "3",

@@ -21,7 +21,8 @@ def register(subparsers) -> None:
     p.add_argument("--train", nargs="*", default=[], metavar="SPARC_DIR", help="SPARC runs every refit trains on")
     p.add_argument("--val", nargs="+", required=True, metavar="SPARC_DIR",
                    help="SPARC runs every refit validates on (early stopping, calibration, the recorded error)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds (default 3); more than a finished run had goes on from where it stopped")
     p.add_argument("--per-round", type=int, default=2, help="SPARC runs per round (default 2)")
     p.add_argument("--refit", choices=("retrain", "finetune"), default="retrain",
                    help="retrain from scratch with the starting model's recipe (default), or fine-tune the previous "
