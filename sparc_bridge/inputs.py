@@ -202,14 +202,15 @@ class HarrisFoulkesSettings:
     def for_model(cls, metadata: dict, rho_trigger: int | None = None) -> "HarrisFoulkesSettings":
         """The eigensolver settings a model file records for its material (``hf_settings``: measured with
         ``benchmarks/harris_foulkes_convergence.py``), else the defaults; ``rho_trigger`` overrides."""
-        entry = metadata.get(HF_METADATA_KEY) or {}
-        if not isinstance(entry, dict):
-            raise ValueError(f"the model's '{HF_METADATA_KEY}' entry is malformed: {entry!r}")
-        try:
-            hf = cls(rho_trigger=int(entry.get("rho_trigger", DEFAULT_RHO_TRIGGER)),
-                     states_factor=entry.get("states_factor", DEFAULT_STATES_FACTOR))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"the model's '{HF_METADATA_KEY}' entry is malformed: {exc}") from None
+        from ase_mlrho.model_files import metadata_entry
+
+        def parse(entry) -> "HarrisFoulkesSettings":
+            if not isinstance(entry, dict):
+                raise TypeError("not a mapping")
+            return cls(rho_trigger=int(entry.get("rho_trigger", DEFAULT_RHO_TRIGGER)),
+                       states_factor=entry.get("states_factor", DEFAULT_STATES_FACTOR))
+
+        hf = metadata_entry(metadata, HF_METADATA_KEY, parse) or parse({})
         return hf if rho_trigger is None else replace(hf, rho_trigger=int(rho_trigger))
 
     def nstates(self, n_electrons: float) -> int | None:
