@@ -5,13 +5,15 @@ structures, one SPARC SCF per round, with ``mlrho learn``: the ``uq`` arm takes 
 largest mean epistemic sigma, the ``density`` arm the one with the largest sigma weighted by typicality
 (information density: sigma where many candidates share the environment, ``mlrho learn --by density``),
 the ``random:S`` arms one at random (seed S). After every round the refitted
-model is scored on a fixed held-out set (the committed SiGe test cells: x = 0.4, 0.5, 0.6 and a vacancy,
-never chosen, trained or validated on). The arms share their DFT (``--dft-cache``): a structure two arms
-choose is computed once.
+model is scored on two fixed held-out sets, never chosen, trained or validated on: the committed SiGe
+test cells (x = 0.4, 0.5, 0.6 and an x = 0.5 vacancy: the study's first set), and those with cells drawn
+like the pool added (x = 0.3 and 0.7 at 1200 and 2300 K, a vacancy at each: ``data/sparc/sige/x03``,
+``x07``, ``vac03``, ``vac07``, session 11). The arms share their DFT (``--dft-cache``): a structure two
+arms choose is computed once. A larger ``--rounds`` continues the arms from where they stopped.
 
     python benchmarks/selection_study.py pool      # the candidate structures (no DFT)
     python benchmarks/selection_study.py start     # the starting model (two cells, the study's recipe)
-    python benchmarks/selection_study.py run [--arms uq density random:1 random:2] [--rounds 5]
+    python benchmarks/selection_study.py run [--arms uq density random:1 random:2] [--rounds 10]
     python benchmarks/selection_study.py report    # held-out error against DFT runs; table, JSON, figure
 
 All of it resumes where it stopped. Work goes to ``mlrho-runs/selection`` (``--workdir``); results to
@@ -42,6 +44,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "selection_study"
 START_CELLS = ("train05/sige_x=0.5_n=2_T=450_seed=71", "train05/sige_x=0.5_n=2_T=2400_seed=78")
 VAL_CELL = "train05/sige_x=0.5_n=2_T=1350_seed=74"
 HELD_OUT_GROUPS = ("x04", "x05", "x06", "vac")
+#: the second held-out set (session 11): cells drawn like the pool, its composition extremes included
+WIDE_GROUPS = ("x03", "x04", "x05", "x06", "x07", "vac", "vac03", "vac07")
 RECIPE = {"points_per_snapshot": 30000, "val_points_per_snapshot": 30000, "epochs": 16, "batch_size": 512,
           "learning_rate": 0.002, "patience": 8, "n_samples": 4, "seed": 0, "ensemble": 4}
 
@@ -118,28 +122,59 @@ def run_arm(workdir: Path, arm: str, rounds: int, per_round: int) -> dict:
                                dft_cache=workdir / "dft_cache")
 
 
-def held_out_cells() -> list[Path]:
-    return sorted(p.parent for g in HELD_OUT_GROUPS for p in (SIGE / g).glob("*/SPARC.out"))
+def held_out_cells(groups=HELD_OUT_GROUPS) -> list[Path]:
+    return sorted(p.parent for g in groups for p in (SIGE / g).glob("*/SPARC_RUN_OK.json"))  # not a run under way
+
+
+def _bar(arms: dict, key: str) -> dict | None:
+    """The bar on one held-out set (``key``: the curve entry that holds its mean eps): the random arms'
+    mean final error, and after how many runs each uncertainty arm first reaches it."""
+    randoms = [c for a, c in arms.items() if a.startswith("random")]
+    chosen_by_uq = [a for a in arms if not a.startswith("random")]
+    if not (chosen_by_uq and randoms):
+        return None
+    n = min(len(c) for c in randoms) - 1
+    target = float(np.mean([c[n][key] for c in randoms]))
+    bar = {"random_final_runs": randoms[0][n]["dft_runs"], "random_final_eps_percent_mean": target}
+    for a in chosen_by_uq:
+        reach = next((p["dft_runs"] for p in arms[a] if p[key] <= target), None)
+        bar[a] = {"runs_to_reach_it": reach, "runs_done": arms[a][-1]["dft_runs"],
+                  "ratio": None if reach is None else reach / randoms[0][n]["dft_runs"]}
+    return bar
 
 
 def report(workdir: Path) -> dict:
     """Held-out eps (mean over the cells) of every arm's model after every round, and the bar's figure."""
     from ase_mlrho.evaluation import evaluate_snapshots
+    from ase_mlrho.files import atomic_write
     from ase_mlrho.model_files import load_model
     from sparc_bridge.active_learning import read_learning_manifest
     from sparc_bridge.snapshots import load_snapshot
 
-    snaps = [load_snapshot(d) for d in held_out_cells()]
-    cache: dict[str, dict] = {}
+    middle = [c.name for c in held_out_cells()]
+    wide_cells = held_out_cells(WIDE_GROUPS)
+    snaps = [load_snapshot(d) for d in wide_cells]
+    # per model file and held-out cell, (eps %, 3-sigma coverage); kept in the workdir between reports, so a
+    # report after more rounds or more held-out cells evaluates only what is new (a model file is written once)
+    cache_path = workdir / "held_out_scores.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
 
     def score(path: Path) -> dict:
-        key = str(path)
-        if key not in cache:
-            per, _, _ = evaluate_snapshots(load_model(path), snaps)
-            cache[key] = {"eps_percent_mean": float(np.mean([m.eps_rho_percent for m in per])),
-                          "coverage_3sigma_min": float(min(m.coverage_3sigma for m in per)),
-                          "cells": {m.name: m.eps_rho_percent for m in per}}
-        return cache[key]
+        st = path.stat()
+        key = f"{path.relative_to(workdir)}:{st.st_size}:{st.st_mtime_ns}"
+        have = cache.setdefault(key, {})
+        todo = [s for s in snaps if s.name not in have]
+        if todo:
+            per, _, _ = evaluate_snapshots(load_model(path), todo)
+            have.update({m.name: [m.eps_rho_percent, m.coverage_3sigma] for m in per})
+            atomic_write(cache_path, lambda f: json.dump(cache, f))
+        mid = [have[c] for c in middle]
+        wide = [have[c.name] for c in wide_cells]
+        return {"eps_percent_mean": float(np.mean([e for e, _ in mid])),
+                "coverage_3sigma_min": float(min(c for _, c in mid)),
+                "eps_percent_mean_wide": float(np.mean([e for e, _ in wide])),
+                "coverage_3sigma_min_wide": float(min(c for _, c in wide)),
+                "cells": {c.name: have[c.name][0] for c in wide_cells}}
 
     start = score(workdir / "start.safetensors")
     arms = {}
@@ -152,29 +187,27 @@ def report(workdir: Path) -> dict:
             curve.append({"dft_runs": r["dft_runs_so_far"], "chosen": [c["key"] for c in r["chosen"]],
                           **score(d / r["model_out"])})
         arms[d.name] = curve
-    out = {"held_out": [rel(c) for c in held_out_cells()], "start_cells": list(START_CELLS), "val_cell": VAL_CELL,
-           "recipe": RECIPE, "pool": pool_entries(), "arms": arms}
-    randoms = [c for a, c in arms.items() if a.startswith("random")]
-    chosen_by_uq = [a for a in arms if not a.startswith("random")]
-    if chosen_by_uq and randoms:
-        n = min(len(c) for c in randoms) - 1
-        target = float(np.mean([c[n]["eps_percent_mean"] for c in randoms]))
-        out["bar"] = {"random_final_runs": randoms[0][n]["dft_runs"], "random_final_eps_percent_mean": target}
-        for a in chosen_by_uq:
-            reach = next((p["dft_runs"] for p in arms[a] if p["eps_percent_mean"] <= target), None)
-            out["bar"][a] = {"runs_to_reach_it": reach, "runs_done": arms[a][-1]["dft_runs"],
-                             "ratio": None if reach is None else reach / randoms[0][n]["dft_runs"]}
     if not arms:
         raise SystemExit(f"no arm has run in {workdir} yet (python benchmarks/selection_study.py run)")
-    print(f"{'arm':10s} " + " ".join(f"{'n=' + str(p['dft_runs']):>8s}" for p in max(arms.values(), key=len)))
-    for a, c in arms.items():
-        print(f"{a:10s} " + " ".join(f"{p['eps_percent_mean']:8.3f}" for p in c))
-    if "bar" in out:
-        b = out["bar"]
-        print(f"random arms after {b['random_final_runs']} runs: mean held-out eps {b['random_final_eps_percent_mean']:.3f} %")
-        for a in chosen_by_uq:
-            print(f"  {a} reaches it after {b[a]['runs_to_reach_it']} of its {b[a]['runs_done']} runs "
-                  f"(ratio {b[a]['ratio']}; the bar: <= 0.6)")
+    out = {"held_out": [rel(c) for c in held_out_cells()], "held_out_wide": [rel(c) for c in wide_cells],
+           "start_cells": list(START_CELLS), "val_cell": VAL_CELL, "recipe": RECIPE, "pool": pool_entries(),
+           "arms": arms}
+    for name, key in (("bar", "eps_percent_mean"), ("bar_wide", "eps_percent_mean_wide")):
+        bar = _bar(arms, key)
+        if bar is not None:
+            out[name] = bar
+    for name, key, what in (("bar", "eps_percent_mean", f"the {len(middle)} committed x = 0.4-0.6 cells"),
+                            ("bar_wide", "eps_percent_mean_wide", f"all {len(wide_cells)} cells, x = 0.3-0.7")):
+        print(f"held-out eps (%), mean over {what}")
+        print(f"{'arm':10s} " + " ".join(f"{'n=' + str(p['dft_runs']):>8s}" for p in max(arms.values(), key=len)))
+        for a, c in arms.items():
+            print(f"{a:10s} " + " ".join(f"{p[key]:8.3f}" for p in c))
+        if name in out:
+            b = out[name]
+            print(f"random arms after {b['random_final_runs']} runs: {b['random_final_eps_percent_mean']:.3f} %")
+            for a in (a for a in arms if not a.startswith("random")):
+                print(f"  {a} reaches it after {b[a]['runs_to_reach_it']} of its {b[a]['runs_done']} runs "
+                      f"(ratio {b[a]['ratio']}; the bar: <= 0.6)")
     plot(out, RESULTS / "selection_study.png")
     return out
 
@@ -185,14 +218,21 @@ def plot(out: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for arm, curve in out["arms"].items():
-        ax.plot([p["dft_runs"] for p in curve], [p["eps_percent_mean"] for p in curve], ".--" if arm.startswith("random") else "o-",
-                label=arm, lw=1 if arm.startswith("random") else 2)
-    ax.set_xlabel("SPARC runs added to the two starting cells")
-    ax.set_ylabel("held-out eps, mean over 7 SiGe cells (%)")
-    ax.set_title("choosing by uncertainty vs at random")
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    panels = (("eps_percent_mean", f"{len(out['held_out'])} committed cells, x = 0.4-0.6"),
+              ("eps_percent_mean_wide", f"{len(out['held_out_wide'])} cells drawn like the pool, x = 0.3-0.7"))
+    for ax, (key, what), bar in zip(axes, panels, (out.get("bar"), out.get("bar_wide"))):
+        if bar is not None:  # the bar: the random arms' final error, reached within 60 % of their runs
+            ax.axhline(bar["random_final_eps_percent_mean"], color="grey", ls=":", lw=1)
+            ax.axvline(0.6 * bar["random_final_runs"], color="grey", ls=":", lw=1)
+        for arm, curve in out["arms"].items():
+            ax.plot([p["dft_runs"] for p in curve], [p[key] for p in curve], ".--" if arm.startswith("random") else "o-",
+                    label=arm, lw=1 if arm.startswith("random") else 2)
+        ax.set_xlabel("SPARC runs added to the two starting cells")
+        ax.set_ylabel("held-out eps, mean over the cells (%)")
+        ax.set_title(what, fontsize=10)
+        ax.legend()
+    fig.suptitle("choosing by uncertainty vs at random")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -203,7 +243,7 @@ def main(argv=None) -> int:
     ap.add_argument("what", choices=("pool", "start", "run", "report"))
     ap.add_argument("--workdir", default="mlrho-runs/selection")
     ap.add_argument("--arms", nargs="+", default=["uq", "density", "random:1", "random:2"])
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--per-round", type=int, default=1)
     args = ap.parse_args(argv)
     workdir = Path(args.workdir)
