@@ -79,6 +79,21 @@ def test_sige_pbe_on_committed_held_out_cells_and_away_from_its_composition():
     assert np.corrcoef(eps, epi)[0, 1] > 0.6
 
 
+
+def test_sige_pbe_at_the_composition_extremes_covers_and_says_it_is_further_out():
+    """Held-out cells at x = 0.3 and 0.7 (data/sparc/sige/vac03, x07: session 11, never trained on). When
+    shipped: the x = 0.3 vacancy cell eps 1.341 %, coverage 0.994, mean epistemic sigma 3.98e-4; x = 0.7 at
+    2300 K 0.915 %, 0.998, 4.94e-4, against at most 2.11e-4 on the x = 0.4-0.6 cells (the test above)."""
+    model = load_model("sige-pbe")
+    snaps = [load_snapshot(SIGE_DATA / "vac03" / "sige_x=0.3_n=2_vac=1_T=900_seed=53"),
+             load_snapshot(SIGE_DATA / "x07" / "sige_x=0.7_n=2_T=2300_seed=82")]
+    assert [len(s.atoms) for s in snaps] == [63, 64]
+    (vac, x07), _, _ = evaluate_snapshots(model, snaps)
+    assert vac.eps_rho_percent < 1.45 and x07.eps_rho_percent < 1.0
+    assert vac.coverage_3sigma >= 0.99 and x07.coverage_3sigma >= 0.99
+    assert vac.sigma_epistemic_mean_e_per_bohr3 > 3.5e-4 and x07.sigma_epistemic_mean_e_per_bohr3 > 4.5e-4
+
+
 AL_KPTS = ROOT / "data" / "sparc" / "al_kpts"
 
 
