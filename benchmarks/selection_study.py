@@ -161,8 +161,8 @@ def report(workdir: Path) -> dict:
     from sparc_bridge.active_learning import read_learning_manifest
     from sparc_bridge.snapshots import load_snapshot
 
-    middle = [c.name for c in held_out_cells()]
-    wide_cells = held_out_cells(WIDE_GROUPS)
+    middle_cells, wide_cells = held_out_cells(), held_out_cells(WIDE_GROUPS)
+    middle = [c.name for c in middle_cells]
     snaps = [load_snapshot(d) for d in wide_cells]
     # per model file and held-out cell, (eps %, 3-sigma coverage); kept in the workdir between reports, so a
     # report after more rounds or more held-out cells evaluates only what is new (a model file is written once)
@@ -199,13 +199,12 @@ def report(workdir: Path) -> dict:
         arms[d.name] = curve
     if not arms:
         raise SystemExit(f"no arm has run in {workdir} yet (python benchmarks/selection_study.py run)")
-    out = {"held_out": [rel(c) for c in held_out_cells()], "held_out_wide": [rel(c) for c in wide_cells],
+    out = {"held_out": [rel(c) for c in middle_cells], "held_out_wide": [rel(c) for c in wide_cells],
            "start_cells": list(START_CELLS), "val_cell": VAL_CELL, "recipe": RECIPE, "pool": pool_entries(),
            "arms": arms}
-    out["bar"] = _bars(arms, "eps_percent_mean")
-    out["bar_wide"] = _bars(arms, "eps_percent_mean_wide")
     for name, key, what in (("bar", "eps_percent_mean", f"the {len(middle)} committed x = 0.4-0.6 cells"),
                             ("bar_wide", "eps_percent_mean_wide", f"all {len(wide_cells)} cells, x = 0.3-0.7")):
+        out[name] = _bars(arms, key)
         print(f"held-out eps (%), mean over {what}")
         print(f"{'arm':10s} " + " ".join(f"{'n=' + str(p['dft_runs']):>8s}" for p in max(arms.values(), key=len)))
         for a, c in arms.items():

@@ -231,16 +231,16 @@ def main(argv=None) -> int:
     reference = common_reference_settings(large_dirs).to_dict()
     arms = Arms(base, base_path, spec, net, train_cfg, ft_cfg)
 
+    tests = [load_snapshot(p) for p in test_dirs]
     if args.noise_seeds:
-        return seed_noise(args, out, arms, large_dirs, [load_snapshot(p) for p in test_dirs])
+        return seed_noise(args, out, arms, large_dirs, tests)
     if args.lr_check:
-        return lr_check(args, out, arms, large_dirs, [load_snapshot(p) for p in test_dirs])
+        return lr_check(args, out, arms, large_dirs, tests)
     if args.half_budget:
-        return half_budget(args, out, arms, large_dirs, [load_snapshot(p) for p in test_dirs])
+        return half_budget(args, out, arms, large_dirs, tests)
     hours_a = model_core_hours(base, args.cores)
     cost = {p.name: core_hours(p, args.cores) for p in large_dirs}
     large = [load_snapshot(p) for p in large_dirs]
-    tests = [load_snapshot(p) for p in test_dirs]
     results = {"base": base.name, "base_file_sha256": base.metadata.get("weights_sha256"),
                "spec": spec.to_dict(), "network": net.to_dict(), "training_config": asdict(train_cfg),
                "finetune_config": asdict(ft_cfg), "quick": args.quick, "test": [s.name for s in tests],

@@ -79,7 +79,6 @@ def test_sige_pbe_on_committed_held_out_cells_and_away_from_its_composition():
     assert np.corrcoef(eps, epi)[0, 1] > 0.6
 
 
-
 def test_sige_pbe_at_the_composition_extremes_covers_and_says_it_is_further_out():
     """Held-out cells at x = 0.3 and 0.7 (data/sparc/sige/vac03, x07: session 11, never trained on). When
     shipped: the x = 0.3 vacancy cell eps 1.341 %, coverage 0.994, mean epistemic sigma 3.98e-4; x = 0.7 at
