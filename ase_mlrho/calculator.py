@@ -21,7 +21,13 @@ cell -- SPARC's grid rule at the model's mesh spacing, node (0, 0, 0) at the cel
 * ``density_sigma_aleatoric``, ``density_sigma_epistemic``, ``density_sigma_total``
   (= sqrt(aleatoric^2 + epistemic^2)), scaled by the same renormalisation factor;
 * ``electrons_raw`` -- the integral of the raw prediction before clipping and renormalisation (a
-  diagnostic: far from the electron count means the model is struggling), and ``n_electrons``.
+  diagnostic: far from the electron count means the model is struggling), and ``n_electrons``;
+* ``expected_eps_percent`` -- the error per electron the model's own sigma predicts, in % (what
+  ``mlrho evaluate`` would measure as eps against DFT; :func:`~ase_mlrho.inference.expected_eps_percent`);
+* ``ood_fraction`` -- the fraction of grid points whose epistemic sigma exceeds the 99.9th
+  percentile of the model's validation cells (None when the model file records no such threshold).
+  Above 1 % the calculator warns once per structure (:class:`OutOfDistributionWarning`, one line
+  with the fraction): the structure is unlike the training cells, treat the density with care.
 
 Everything is computed at once and cached until the atoms change (positions, numbers, cell, pbc) or
 a parameter changes (``calc.set(seed=1)``); ``calc.reset()`` clears the cache.
@@ -40,12 +46,18 @@ Structures the calculator refuses or changes, and why:
 
 from __future__ import annotations
 
+import warnings
+
 from ase.calculators.calculator import Calculator, all_changes
 from ase.units import Bohr
 
-from .inference import ExecutorSettings, InferenceSettings, run_prediction
+from .inference import OOD_WARNING_FRACTION, ExecutorSettings, InferenceSettings, run_prediction
 
-__all__ = ["MLRhoCalculator"]
+__all__ = ["MLRhoCalculator", "OutOfDistributionWarning"]
+
+
+class OutOfDistributionWarning(UserWarning):
+    """The structure's epistemic sigma exceeds the model's validation range at many grid points."""
 
 #: 1 electron/Bohr^3 in electrons/Angstrom^3
 E_PER_BOHR3_TO_E_PER_ANG3 = 1.0 / Bohr ** 3
@@ -69,7 +81,8 @@ class MLRhoCalculator(Calculator):
     """
 
     implemented_properties = ["density", "density_sigma_total", "density_sigma_aleatoric",
-                              "density_sigma_epistemic", "electrons_raw", "n_electrons"]
+                              "density_sigma_epistemic", "electrons_raw", "n_electrons", "expected_eps_percent",
+                              "ood_fraction"]
     default_parameters = {"n_samples": None, "seed": 0, "chunk_points": InferenceSettings.chunk_points,
                           "mesh_spacing_bohr": None, "executor": "serial", "workers": 1, "device": None}
     nolabel = True
@@ -106,7 +119,14 @@ class MLRhoCalculator(Calculator):
             "density_sigma_total": f.sigma_total * conv,
             "electrons_raw": float(f.electrons_raw),
             "n_electrons": float(f.n_electrons),
+            "expected_eps_percent": run.summary.expected_eps_percent,
+            "ood_fraction": run.summary.ood_fraction,
         }
+        if run.summary.looks_out_of_distribution:
+            warnings.warn(f"{self.model.name}: {100 * run.summary.ood_fraction:.1f} % of the grid points have an "
+                          f"epistemic sigma above the model's validation range (more than "
+                          f"{100 * OOD_WARNING_FRACTION:g} %: out of distribution); treat the density with care",
+                          OutOfDistributionWarning, stacklevel=3)
 
     def set(self, **kwargs):
         """Change parameters (n_samples, seed, chunk_points, ...); any change clears the cache."""

@@ -2,7 +2,9 @@
 
 eps = (1/N_e) * integral |rho_pred - rho_DFT| dV, in %, with the prediction clipped at zero and
 renormalised to N_e first (as every user of the density does); RMSE and NRMSE = RMSE / (max - min
-of rho_DFT); coverage of the +/- 1, 2, 3 sigma intervals; miscalibration area; mean sigmas.
+of rho_DFT); coverage of the +/- 1, 2, 3 sigma intervals; miscalibration area; mean sigmas; the
+eps the sigma predicts (``expected_eps_percent``) and its epistemic part (``epistemic_eps_percent``),
+per electron like eps, so they compare across compositions with different electron densities.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .inference import FieldPrediction, predict_field
+from .inference import FieldPrediction, expected_eps_percent, predict_field
 from .uncertainty import coverage, miscalibration_area
 
 __all__ = ["SnapshotMetrics", "eps_rho_percent", "field_metrics", "evaluate_snapshots", "pooled_metrics"]
@@ -30,6 +32,8 @@ class SnapshotMetrics:
     miscalibration_area: float
     sigma_aleatoric_mean_e_per_bohr3: float
     sigma_epistemic_mean_e_per_bohr3: float
+    expected_eps_percent: float
+    epistemic_eps_percent: float
     seconds: float
 
     def to_dict(self) -> dict:
@@ -59,6 +63,8 @@ def field_metrics(name: str, rho_pred, rho_ref, sigma_ale, sigma_epi, dv_bohr3: 
         miscalibration_area=miscalibration_area(err, sig),
         sigma_aleatoric_mean_e_per_bohr3=float(np.mean(sigma_ale)),
         sigma_epistemic_mean_e_per_bohr3=float(np.mean(sigma_epi)),
+        expected_eps_percent=expected_eps_percent(float(np.sum(sig)), dv_bohr3, n_electrons),
+        epistemic_eps_percent=expected_eps_percent(float(np.sum(sigma_epi)), dv_bohr3, n_electrons),
         seconds=float(seconds),
     )
 
@@ -87,4 +93,8 @@ def pooled_metrics(snapshots, preds: list[FieldPrediction], seconds: float) -> S
     ale = np.concatenate([p.sigma_aleatoric.ravel() for p in preds])
     epi = np.concatenate([p.sigma_epistemic.ravel() for p in preds])
     m = field_metrics("overall", pred, ref, ale, epi, 1.0, 1.0, seconds)
-    return SnapshotMetrics(**{**m.to_dict(), "eps_rho_percent": 100.0 * err_abs_dv / n_e})
+    sig_dv = sum(float(np.sum(p.sigma_total) * s.grid.dv_bohr3) for s, p in zip(snapshots, preds))
+    epi_dv = sum(float(np.sum(p.sigma_epistemic) * s.grid.dv_bohr3) for s, p in zip(snapshots, preds))
+    return SnapshotMetrics(**{**m.to_dict(), "eps_rho_percent": 100.0 * err_abs_dv / n_e,
+                              "expected_eps_percent": expected_eps_percent(sig_dv, 1.0, n_e),
+                              "epistemic_eps_percent": expected_eps_percent(epi_dv, 1.0, n_e)})

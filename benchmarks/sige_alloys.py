@@ -7,7 +7,9 @@ and the mean aleatoric and epistemic sigma. It then asks whether the uncertainty
 error rises:
 
 * across cells: the Pearson correlation of eps with the mean epistemic sigma (and with the mean
-  total sigma);
+  total sigma), and with the same sigmas per electron, as eps is (``epistemic_eps_percent``,
+  ``expected_eps_percent``: sqrt(2/pi) * integral sigma dV / N_e; a mean sigma in e/Bohr^3 grows
+  with a cell's electron density, eps does not);
 * within cells: the Spearman rank correlation, over all grid points, of |error| with the epistemic
   sigma, and the ratio of the mean |error| in the top and bottom deciles of epistemic sigma.
 
@@ -44,6 +46,10 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import spearmanr
 
     return float(spearmanr(a, b).statistic)
+
+
+def pearson(a, b) -> float | None:
+    return float(np.corrcoef(a, b)[0, 1]) if len(a) > 2 else None
 
 
 def main(argv=None) -> int:
@@ -91,6 +97,8 @@ def main(argv=None) -> int:
         "cells": len(rows),
         "pearson_eps_vs_mean_sigma_epi": float(np.corrcoef(eps, epi_mean)[0, 1]) if len(rows) > 2 else None,
         "pearson_eps_vs_mean_sigma_total": float(np.corrcoef(eps, tot_mean)[0, 1]) if len(rows) > 2 else None,
+        "pearson_eps_vs_epistemic_eps": pearson(eps, [r["epistemic_eps_percent"] for r in rows]),
+        "pearson_eps_vs_expected_eps": pearson(eps, [r["expected_eps_percent"] for r in rows]),
         "spearman_abs_error_vs_sigma_epi_pooled": spearman(np.concatenate(pooled_err), np.concatenate(pooled_epi)),
         "groups": {},
     }
@@ -119,7 +127,9 @@ def main(argv=None) -> int:
             line += f" {g['hf_error_ha_per_atom_max_abs']:.1e} |"
         print(line)
     print(f"\nacross cells: Pearson(eps, mean epistemic sigma) = {summary['pearson_eps_vs_mean_sigma_epi']}, "
-          f"Pearson(eps, mean total sigma) = {summary['pearson_eps_vs_mean_sigma_total']}; "
+          f"Pearson(eps, mean total sigma) = {summary['pearson_eps_vs_mean_sigma_total']}; per electron: "
+          f"Pearson(eps, epistemic eps) = {summary['pearson_eps_vs_epistemic_eps']}, "
+          f"Pearson(eps, expected eps) = {summary['pearson_eps_vs_expected_eps']}; "
           f"within cells (pooled points): Spearman(|error|, epistemic sigma) = "
           f"{summary['spearman_abs_error_vs_sigma_epi_pooled']:.3f}")
     for name, g in summary["groups"].items():
@@ -157,6 +167,7 @@ def _format_row(r: dict) -> str:
     text = (f"{r['group']:>8} {r['name']:<40} x={r['x_ge']:.3f} N={r['natoms']:3d} eps={r['eps_rho_percent']:.3f} % "
             f"cov3={r['coverage_3sigma']:.4f} miscal={r['miscalibration_area']:.3f} "
             f"ale={r['sigma_aleatoric_mean_e_per_bohr3']:.2e} epi={r['sigma_epistemic_mean_e_per_bohr3']:.2e} "
+            f"eps_exp={r['expected_eps_percent']:.3f} % eps_epi={r['epistemic_eps_percent']:.3f} % "
             f"spearman(|err|,epi)={r['spearman_abs_error_vs_sigma_epi']:.3f}")
     if "hf_error_ha_per_atom" in r:
         text += f" HF-SCF={r['hf_error_ha_per_atom']:+.2e} Ha/atom"

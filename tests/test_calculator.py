@@ -8,7 +8,7 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from ase.units import Bohr
 
 from ase_mlrho import inference
-from ase_mlrho.calculator import MLRhoCalculator
+from ase_mlrho.calculator import MLRhoCalculator, OutOfDistributionWarning
 from ase_mlrho.descriptors import UnknownSpeciesError
 from ase_mlrho.grid import InvalidStructureError
 from ase_mlrho.inference import run_prediction
@@ -87,6 +87,32 @@ def test_results_are_cached_until_the_atoms_or_parameters_change(toy_model_path,
     assert calc.results == {} and calc.grid is None
     calc.get_pseudo_density(atoms)
     assert len(counted) == 4
+
+
+def test_out_of_distribution_structures_warn_once_with_the_fraction(toy_model_path, recwarn):
+    """The toy model saw only the perfect crystal at a = 4.05 A: that is in distribution, 6 % compression is
+    not. The calculator reports the fraction (the points above the model's validation threshold, counted
+    here from its own epistemic field) and warns in one line naming it; the expected eps is sqrt(2/pi)
+    * integral sigma dV / N_e of the field it returns."""
+    thr = load_model(toy_model_path).epistemic_sigma_validation_max
+    for a_ang, warned in ((4.05, False), (3.8, True)):
+        atoms = bulk("Al", "fcc", a=a_ang, cubic=True)
+        calc = MLRhoCalculator(model=toy_model_path)
+        atoms.calc = calc
+        epi = calc.get_density_uncertainty(atoms, "epistemic") * Bohr ** 3 / calc.summary.renormalisation_factor
+        fraction = calc.get_property("ood_fraction", atoms)
+        assert fraction == pytest.approx(np.mean(epi > thr), abs=1e-6)
+        assert (fraction > 0.01) is warned
+        ood = [w for w in recwarn if issubclass(w.category, OutOfDistributionWarning)]
+        assert len(ood) == int(warned)
+        if warned:
+            assert f"{100 * fraction:.1f} %" in str(ood[0].message) and "\n" not in str(ood[0].message)
+        sigma = calc.get_density_uncertainty(atoms) * Bohr ** 3  # e/Bohr^3
+        brute = 100 * np.sqrt(2 / np.pi) * sigma.mean() * atoms.get_volume() / Bohr ** 3 / 12.0
+        assert calc.get_property("expected_eps_percent", atoms) == pytest.approx(brute, rel=1e-9)
+        calc.get_pseudo_density(atoms)  # cached: no second warning
+        assert len([w for w in recwarn if issubclass(w.category, OutOfDistributionWarning)]) == int(warned)
+        recwarn.clear()
 
 
 def test_the_same_seed_gives_a_bit_identical_density(toy_model_path):

@@ -279,6 +279,10 @@ def test_predict_json_prints_one_object_with_the_documented_keys(toy_model_path,
     thr = load_model(toy_model_path).epistemic_sigma_validation_max
     expected_ood = np.mean(npz["sigma_epistemic_e_per_bohr3"] / report["renormalisation_factor"] > thr)
     assert report["ood_fraction"] == pytest.approx(expected_ood, abs=1e-6)
+    # the eps the sigma predicts: sqrt(2/pi) * integral sigma dV / N_e, from the written field
+    volume_bohr3 = al_cell((1, 1, 1)).get_volume() / 0.529177210903 ** 3
+    brute = 100 * np.sqrt(2 / np.pi) * sig.astype(np.float64).mean() * volume_bohr3 / 12.0
+    assert report["expected_eps_percent"] == pytest.approx(brute, rel=1e-6)
 
 
 def test_predict_warns_when_the_structure_looks_out_of_distribution(toy_model_path, tmp_path, capsys):

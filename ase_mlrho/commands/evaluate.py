@@ -45,16 +45,18 @@ def run(args) -> int:
         return 0
     width = max(len("snapshot"), *(len(m.name) for m in [*per, overall]))
     head = f"{'snapshot':{width}s} {'eps %':>7s} {'RMSE':>9s} {'NRMSE %':>8s} {'cov1':>6s} {'cov2':>6s} {'cov3':>6s} " \
-           f"{'miscal':>7s} {'sig_ale':>9s} {'sig_epi':>9s} {'s':>6s}"
+           f"{'miscal':>7s} {'sig_ale':>9s} {'sig_epi':>9s} {'eps_exp':>7s} {'eps_epi':>7s} {'s':>6s}"
     print(f"model {model.name}: eps % = 100 int|rho_ML - rho_DFT| dV / N_electrons (electrons misplaced, per "
           "electron); RMSE in e/Bohr^3; cov k = fraction of points inside +/- k sigma; miscal = miscalibration "
-          "area; sig_ale / sig_epi = mean aleatoric / epistemic sigma (e/Bohr^3); s = seconds")
+          "area; sig_ale / sig_epi = mean aleatoric / epistemic sigma (e/Bohr^3); eps_exp = the eps % the "
+          "sigma predicts (sqrt(2/pi) int sigma dV / N_electrons), eps_epi = its epistemic part; s = seconds")
     print(head)
     for m in [*per, overall]:
         print(f"{m.name:{width}s} {m.eps_rho_percent:7.3f} {m.rmse_e_per_bohr3:9.2e} {m.nrmse_percent:8.3f} "
               f"{m.coverage_1sigma:6.3f} {m.coverage_2sigma:6.3f} {m.coverage_3sigma:6.3f} "
               f"{m.miscalibration_area:7.4f} {m.sigma_aleatoric_mean_e_per_bohr3:9.2e} "
-              f"{m.sigma_epistemic_mean_e_per_bohr3:9.2e} {m.seconds:6.1f}")
+              f"{m.sigma_epistemic_mean_e_per_bohr3:9.2e} {m.expected_eps_percent:7.3f} {m.epistemic_eps_percent:7.3f} "
+              f"{m.seconds:6.1f}")
     return 0
 
 

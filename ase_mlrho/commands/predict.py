@@ -101,7 +101,8 @@ def run(args) -> int:
               "with care", file=sys.stderr)
     if args.json:
         keys = ("natoms", "grid_shape", "n_electrons", "electrons_raw", "seconds", "points_per_second",
-                "sigma_total_max_e_per_bohr3", "sigma_total_mean_e_per_bohr3", "ood_fraction", "output")
+                "sigma_total_max_e_per_bohr3", "sigma_total_mean_e_per_bohr3", "expected_eps_percent", "ood_fraction",
+                "output")
         d = s.to_dict()
         report = {k: d[k] for k in keys}
         report.update({k: d[k] for k in ("n_points", "renormalisation_factor", "ood_threshold_e_per_bohr3",
@@ -121,6 +122,8 @@ def run(args) -> int:
               f"points/s ({s.executor}, {s.workers} worker{'s' if s.workers > 1 else ''})")
         print(f"sigma total    max {s.sigma_total_max_e_per_bohr3:.3e}, mean {s.sigma_total_mean_e_per_bohr3:.3e} "
               "e/Bohr^3")
+        print(f"expected error {s.expected_eps_percent:.2g} % per electron (what the sigma predicts eps against DFT "
+              "would be)")
         print(f"epistemic OOD  {ood}")
         print(f"output         {s.output or '(none: pass -o OUT.zarr|.cube|.dens|.npz to keep the field)'}")
     return 0
