@@ -43,54 +43,50 @@ def test_al_pbe_gamma_on_the_held_out_vacancy_cell():
 
 @pytest.mark.skipif(not (SHARED_SPARC / "sige_T=1200_seed=6").is_dir(), reason="shared SiGe data not found")
 def test_sige_pbe_on_a_held_out_cell():
-    """Si32Ge32 at 1200 K (never trained on): eps 0.527 %, 3-sigma coverage 0.999 when shipped."""
+    """Si32Ge32 at 1200 K (never trained on): eps 0.510 %, 3-sigma coverage 0.998 when shipped."""
     snap = load_snapshot(SHARED_SPARC / "sige_T=1200_seed=6")
     (m,), _, _ = evaluate_snapshots(load_model("sige-pbe"), [snap])
-    assert m.eps_rho_percent < 0.58
+    assert m.eps_rho_percent < 0.55
     assert m.coverage_3sigma > 0.99
     assert np.isclose(snap.n_electrons, 576.0)
 
 
 SIGE_DATA = ROOT / "data" / "sparc" / "sige"
+#: the committed held-out SiGe cells: never trained on or used for any choice (x = 0.3-0.7, 600-2300 K, vacancies)
+SIGE_HELD_OUT = (
+    ("x05", "sige_x=0.5_n=2_T=600_seed=21"), ("x05", "sige_x=0.5_n=2_T=1800_seed=22"),
+    ("x04", "sige_x=0.4_n=2_T=1200_seed=41"), ("x04", "sige_x=0.4_n=2_T=2300_seed=42"),
+    ("x06", "sige_x=0.6_n=2_T=1200_seed=61"), ("x06", "sige_x=0.6_n=2_T=2300_seed=62"),
+    ("vac", "sige_x=0.5_n=2_vac=1_T=900_seed=51"),
+    ("x03", "sige_x=0.3_n=2_T=1200_seed=31"), ("x03", "sige_x=0.3_n=2_T=2300_seed=32"),
+    ("x07", "sige_x=0.7_n=2_T=1200_seed=81"), ("x07", "sige_x=0.7_n=2_T=2300_seed=82"),
+    ("vac03", "sige_x=0.3_n=2_vac=1_T=900_seed=53"), ("vac07", "sige_x=0.7_n=2_vac=1_T=900_seed=57"))
 
 
-def test_sige_pbe_on_committed_held_out_cells_and_away_from_its_composition():
-    """Committed SPARC cells (data/sparc/sige, made by `mlrho datagen`), never trained on or used for
-    any choice. When shipped (an ensemble of 4): x = 0.5 at 1800 K eps 0.706 %, 3-sigma coverage
-    0.9973; x = 0.4 at 2300 K eps 0.767 %, 0.9974; over all seven cells (x = 0.4, 0.5, 0.6, a
-    vacancy; 600-2300 K) Pearson(eps, mean epistemic sigma) = 0.80. Issue bars: eps <= 2 % and
-    coverage >= 99 % at x = 0.5; the uncertainty should rise where the error rises."""
+def test_sige_pbe_on_committed_held_out_cells_and_its_expected_error():
+    """All 13 committed held-out SiGe cells (data/sparc/sige, made by `mlrho datagen`; x = 0.3 / 0.7 from
+    session 11, when the model had not seen those compositions; since session 12 it is trained on the
+    selection study's pool, other seeds and temperatures at x = 0.3-0.7). When shipped (an ensemble of 4):
+    x = 0.5 at 1800 K eps 0.681 %, 3-sigma coverage 0.996; x = 0.4 at 2300 K 0.740 %, 0.996; the x = 0.3
+    vacancy 0.797 %, 0.997; every cell's coverage >= 0.9947. The eps the sigma predicts (sqrt(2/pi)
+    integral sigma dV / N_e) is 1.02-1.27 times the measured one, and across the cells Pearson(eps,
+    epistemic sigma per electron) = 0.967 (0.74 with the mean epistemic sigma in e/Bohr^3, which grows
+    with a cell's Ge content and electron density where eps does not: benchmarks/README.md)."""
     model = load_model("sige-pbe")
     assert model.ensemble_size == 4
-    cells = [SIGE_DATA / g / n for g, n in (
-        ("x05", "sige_x=0.5_n=2_T=600_seed=21"), ("x05", "sige_x=0.5_n=2_T=1800_seed=22"),
-        ("x04", "sige_x=0.4_n=2_T=1200_seed=41"), ("x04", "sige_x=0.4_n=2_T=2300_seed=42"),
-        ("x06", "sige_x=0.6_n=2_T=1200_seed=61"), ("x06", "sige_x=0.6_n=2_T=2300_seed=62"),
-        ("vac", "sige_x=0.5_n=2_vac=1_T=900_seed=51"))]
-    snaps = [load_snapshot(c) for c in cells]
+    snaps = [load_snapshot(SIGE_DATA / g / n) for g, n in SIGE_HELD_OUT]
     metrics, _, _ = evaluate_snapshots(model, snaps)
-    m05, m04 = metrics[1], metrics[3]
-    assert m05.eps_rho_percent < 0.75 and m05.coverage_3sigma >= 0.99
-    assert m04.eps_rho_percent < 0.82 and m04.coverage_3sigma >= 0.99
+    by_name = {m.name: m for m in metrics}
+    m05, m04 = by_name["sige_x=0.5_n=2_T=1800_seed=22"], by_name["sige_x=0.4_n=2_T=2300_seed=42"]
+    vac03 = by_name["sige_x=0.3_n=2_vac=1_T=900_seed=53"]
+    assert m05.eps_rho_percent < 0.72 and m04.eps_rho_percent < 0.78 and vac03.eps_rho_percent < 0.84
     assert snaps[3].atoms.get_chemical_symbols().count("Ge") == 26  # round(0.4 * 64)
+    assert [len(s.atoms) for s in snaps].count(63) == 3  # the three vacancy cells
     assert min(m.coverage_3sigma for m in metrics) >= 0.99
-    eps = [m.eps_rho_percent for m in metrics]
-    epi = [m.sigma_epistemic_mean_e_per_bohr3 for m in metrics]
-    assert np.corrcoef(eps, epi)[0, 1] > 0.6
-
-
-def test_sige_pbe_at_the_composition_extremes_covers_and_says_it_is_further_out():
-    """Held-out cells at x = 0.3 and 0.7 (data/sparc/sige/vac03, x07: session 11, never trained on). When
-    shipped: the x = 0.3 vacancy cell eps 1.341 %, coverage 0.994, mean epistemic sigma 3.98e-4; x = 0.7 at
-    2300 K 0.915 %, 0.998, 4.94e-4, against at most 2.11e-4 on the x = 0.4-0.6 cells (the test above)."""
-    model = load_model("sige-pbe")
-    snaps = [load_snapshot(SIGE_DATA / "vac03" / "sige_x=0.3_n=2_vac=1_T=900_seed=53"),
-             load_snapshot(SIGE_DATA / "x07" / "sige_x=0.7_n=2_T=2300_seed=82")]
-    assert [len(s.atoms) for s in snaps] == [63, 64]
-    (vac, x07), _, _ = evaluate_snapshots(model, snaps)
-    assert vac.eps_rho_percent < 1.45 and x07.eps_rho_percent < 1.0
-    assert vac.coverage_3sigma >= 0.99 and x07.coverage_3sigma >= 0.99
-    assert vac.sigma_epistemic_mean_e_per_bohr3 > 3.5e-4 and x07.sigma_epistemic_mean_e_per_bohr3 > 4.5e-4
+    eps = np.array([m.eps_rho_percent for m in metrics])
+    expected = np.array([m.expected_eps_percent for m in metrics])
+    assert np.all(expected > 0.95 * eps) and np.all(expected < 1.4 * eps)
+    assert np.corrcoef(eps, [m.epistemic_eps_percent for m in metrics])[0, 1] > 0.9
 
 
 AL_KPTS = ROOT / "data" / "sparc" / "al_kpts"
