@@ -199,9 +199,10 @@ def _fixture_cells(path=FIXTURE):
 
 def test_shipped_sige_screening_brings_real_hf_energies_within_the_bar():
     """Three held-out SiGe cells (x = 0.5 at 600, 1200, 1800 K): SPARC's HF energies of sige-pbe's
-    densities and the long-wavelength part of rho_out - rho_in of the same runs. The plain HF error
-    at 1800 K is above 1e-4 Ha/atom; corrected with the screening model fitted on training cells,
-    every cell is within it."""
+    densities and the long-wavelength part of rho_out - rho_in of the same runs (session 12's model:
+    plain -2.39e-5, -9.46e-5, -1.01e-4 Ha/atom). The plain HF error at 1800 K is (just) above 1e-4
+    Ha/atom; corrected with the screening model fitted on training cells (+1.2e-5, +2.2e-5, +1.6e-5),
+    every cell is within it with a margin of 4."""
     from ase_mlrho.model_files import load_model
 
     screening = ScreeningModel.from_metadata(load_model("sige-pbe").metadata)
@@ -213,9 +214,9 @@ def test_shipped_sige_screening_brings_real_hf_energies_within_the_bar():
         q, residual_g, (volume, fxc, natoms, e_hf, e_scf) = cells[name]
         corr = second_order_from_fourier(residual_g, q, volume, fxc, screening)
         errors[name] = (e_hf - e_scf, e_hf + corr.correction_ha / natoms - e_scf)
-    assert errors["sige_x=0.5_n=2_T=1800_seed=22"][0] < -1.4e-4  # the plain HF energy misses the bar here
+    assert errors["sige_x=0.5_n=2_T=1800_seed=22"][0] < -1.0e-4  # the plain HF energy misses the bar here
     for name, (plain, corrected) in errors.items():
-        assert abs(corrected) < 1e-4, (name, plain, corrected)
+        assert abs(corrected) < 2.5e-5, (name, plain, corrected)
         assert abs(corrected) < abs(plain) or abs(plain) < 3e-5, (name, plain, corrected)
 
 
@@ -223,20 +224,21 @@ def test_shipped_sige_screening_brings_real_hf_energies_within_the_bar():
 def test_second_order_through_sparc_matches_fixture(sparc_command, tmp_path):
     """End to end on the committed held-out 600 K Si32Ge32 cell: predict with the shipped sige-pbe, one SPARC
     diagonalisation printing rho_out, correction; the same figures as the committed fixture, and both the
-    plain (-2.35e-5 Ha/atom when shipped) and the corrected energy within 1e-4 Ha/atom of the cell's SCF energy.
-    The one SiGe SPARC run of the test suite: about 150 s on 2 MPI ranks, 5-11 min on one process."""
+    plain (-2.39e-5 Ha/atom when shipped) and the corrected energy (+1.25e-5) within 1e-4 Ha/atom of the cell's SCF energy.
+    The one SiGe SPARC run of the test suite: about 90 s on 2 MPI ranks (8 CheFSI passes, the model's setting)."""
     from sparc_bridge.snapshots import load_snapshot
     from ase_mlrho.inference import predict_field
     from ase_mlrho.model_files import load_model
     from sparc_bridge.harris_foulkes import harris_foulkes_energy
-    from sparc_bridge.inputs import SparcSettings
+    from sparc_bridge.inputs import HarrisFoulkesSettings, SparcSettings
 
     run = ROOT / "data" / "sparc" / "sige" / "x05" / "sige_x=0.5_n=2_T=600_seed=21"
     model = load_model("sige-pbe")
     screening = ScreeningModel.from_metadata(model.metadata)
     snap = load_snapshot(run)
     density = predict_field(model, snap.atoms, snap.grid).density
-    r = harris_foulkes_energy(snap.atoms, density, snap.grid, SparcSettings(mesh_spacing_bohr=0.4), tmp_path,
+    hf = HarrisFoulkesSettings.for_model(model.metadata)  # the model's eigensolver settings, as `mlrho energy` runs
+    r = harris_foulkes_energy(snap.atoms, density, snap.grid, SparcSettings(mesh_spacing_bohr=0.4), tmp_path, hf=hf,
                               command=sparc_command, screening=screening)
     q, residual_g, (volume, fxc, natoms, e_hf, e_scf) = _fixture_cells()[run.name]
     expected = second_order_from_fourier(residual_g, q, volume, fxc, screening).correction_ha
