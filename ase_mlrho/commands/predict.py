@@ -122,8 +122,8 @@ def run(args) -> int:
               f"points/s ({s.executor}, {s.workers} worker{'s' if s.workers > 1 else ''})")
         print(f"sigma total    max {s.sigma_total_max_e_per_bohr3:.3e}, mean {s.sigma_total_mean_e_per_bohr3:.3e} "
               "e/Bohr^3")
-        print(f"expected error {s.expected_eps_percent:.2g} % per electron (what the sigma predicts eps against DFT "
-              "would be)")
+        print(f"expected error {s.expected_eps_percent:.2g} % per electron (the eps against DFT that the sigma predicts: "
+              "sqrt(2/pi) int sigma dV / N_e)")
         print(f"epistemic OOD  {ood}")
         print(f"output         {s.output or '(none: pass -o OUT.zarr|.cube|.dens|.npz to keep the field)'}")
     return 0
