@@ -14,6 +14,13 @@ other candidates -- the density of their descriptor vectors there (a Gaussian ke
 leading principal components of the standardised descriptors, on a seeded random sample of grid points
 per candidate), divided by its mean over the pool. A candidate then scores high when the model is
 uncertain about environments that many candidates share.
+
+``by="electron"`` ranks by the epistemic sigma per electron, sqrt(2/pi) * integral sigma_epi dV / N_e in %
+(the epistemic part of the expected error, :func:`ase_mlrho.inference.expected_eps_percent`), normalised
+like the error eps users judge a density by. Across compositions the mean sigma in e/Bohr^3 grows with a
+cell's electron density: on the SiGe selection study's pool, scored by its starting model, it ranks the
+Ge-rich cells first (Spearman with the cells' eps 0.79) while the largest errors are at x = 0.3; per
+electron the ranking follows eps (0.95) and its top three are the three worst cells (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -22,12 +29,20 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .inference import InferenceSettings, run_prediction
+from .inference import InferenceSettings, expected_eps_percent, run_prediction
 
-__all__ = ["CandidateScore", "DensitySettings", "STRATEGIES", "score_candidates", "typicality_weights", "rank"]
+__all__ = ["CandidateScore", "DensitySettings", "STRATEGIES", "SCORE_MEANING", "score_candidates",
+           "typicality_weights", "rank"]
 
-#: what candidates can be ranked by: the mean epistemic sigma, or the same weighted by typicality
-STRATEGIES = ("sigma", "density")
+#: what candidates can be ranked by: the mean epistemic sigma, the same weighted by typicality, or the
+#: epistemic sigma per electron
+STRATEGIES = ("sigma", "density", "electron")
+#: each strategy's score in words, and its unit
+SCORE_MEANING = {
+    "sigma": ("largest mean epistemic sigma", "e/Bohr^3"),
+    "density": ("largest mean epistemic sigma weighted by typicality", "e/Bohr^3"),
+    "electron": ("largest epistemic sigma per electron (sqrt(2/pi) int sigma_epi dV / N_e)", "%"),
+}
 
 
 @dataclass(frozen=True)
@@ -67,13 +82,17 @@ class CandidateScore:
     ood_fraction: float | None
     sigma_epistemic_typical_e_per_bohr3: float | None = None
     by: str = "sigma"
+    epistemic_eps_percent: float | None = None
 
     @property
     def score(self) -> float:
-        """What candidates are ranked by: the mean epistemic sigma (``by="sigma"``), or the mean over the
-        sampled points of epistemic sigma times typicality (``by="density"``)."""
+        """What candidates are ranked by: the mean epistemic sigma (``by="sigma"``), the mean over the
+        sampled points of epistemic sigma times typicality (``by="density"``), or the epistemic sigma per
+        electron in % (``by="electron"``)."""
         if self.by == "density":
             return self.sigma_epistemic_typical_e_per_bohr3
+        if self.by == "electron":
+            return self.epistemic_eps_percent
         return self.sigma_epistemic_mean_e_per_bohr3
 
     def to_dict(self) -> dict:
@@ -101,7 +120,8 @@ def score_candidates(model, candidates, settings: InferenceSettings = InferenceS
         out.append(CandidateScore(
             str(source), int(frame), len(atoms), atoms.get_chemical_formula(), float(epi.mean()), float(epi.max()),
             float(field.sigma_aleatoric.mean()),
-            None if threshold is None else float(np.mean(epi / field.renormalisation_factor > threshold)), by=by))
+            None if threshold is None else float(np.mean(epi / field.renormalisation_factor > threshold)), by=by,
+            epistemic_eps_percent=expected_eps_percent(float(epi.sum()), field.grid.dv_bohr3, field.n_electrons)))
         if by == "density":
             rng = np.random.default_rng([density.seed, i])
             idx = rng.choice(epi.size, size=min(n_points, epi.size), replace=False)

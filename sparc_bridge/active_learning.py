@@ -2,8 +2,8 @@
 
 Each round
 1. scores every candidate not chosen before with the current model (``strategy`` "sigma": its mean
-   epistemic sigma; "density": the same weighted by how typical each point is of the pool,
-   :func:`ase_mlrho.selection.score_candidates`) and chooses the ``per_round`` highest -- or,
+   epistemic sigma; "density": the same weighted by how typical each point is of the pool; "electron":
+   the epistemic sigma per electron, :func:`ase_mlrho.selection.score_candidates`) and chooses the ``per_round`` highest -- or,
    with ``random_seed`` set, ``per_round`` at random (the control arm of a selection study);
 2. computes each chosen structure as it is (no MD) with one SPARC SCF at the model's reference settings
    (:func:`sparc_bridge.datagen.run_datagen`, resumable on its own);
@@ -108,7 +108,7 @@ def _key(source: str, frame: int) -> str:
 def _choose(plan: LearningPlan, model, pool, round_index: int, log) -> tuple[list[dict], list[dict]]:
     """(scores of the pool, chosen entries) for one round."""
     from ase_mlrho.inference import InferenceSettings
-    from ase_mlrho.selection import DensitySettings, rank, score_candidates
+    from ase_mlrho.selection import SCORE_MEANING, DensitySettings, rank, score_candidates
 
     scores = score_candidates(model, pool, InferenceSettings(seed=plan.seed), by=plan.strategy,
                               density=DensitySettings(seed=plan.seed))
@@ -117,8 +117,7 @@ def _choose(plan: LearningPlan, model, pool, round_index: int, log) -> tuple[lis
         row["source"] = Path(row["source"]).name
     if plan.random_seed is None:
         order = [_key(s.source, s.frame) for s in rank(scores)]
-        why = ("largest mean epistemic sigma" if plan.strategy == "sigma"
-               else "largest mean epistemic sigma weighted by typicality")
+        why = SCORE_MEANING[plan.strategy][0]
     else:
         rng = np.random.default_rng([int(plan.random_seed), round_index])
         order = [_key(pool[i][0], pool[i][1]) for i in rng.permutation(len(pool))]
@@ -126,8 +125,9 @@ def _choose(plan: LearningPlan, model, pool, round_index: int, log) -> tuple[lis
     by_key = {row["key"]: row for row in table}
     chosen = [{"key": k, "rank": r + 1, "score": by_key[k]["score"], "why": why}
               for r, k in enumerate(order[:plan.per_round])]
+    unit = SCORE_MEANING[plan.strategy][1]
     for c in chosen:
-        log(f"round {round_index}: chose {c['key']} (#{c['rank']}, score {c['score']:.3e} e/Bohr^3: {c['why']})")
+        log(f"round {round_index}: chose {c['key']} (#{c['rank']}, score {c['score']:.3e} {unit}: {c['why']})")
     return table, chosen
 
 

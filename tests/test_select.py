@@ -55,6 +55,28 @@ def test_select_ranks_by_mean_epistemic_sigma(toy_model_path, tmp_path, capsys):
     assert np.isclose(float(lines[0].split()[2]), expected[order[0]], rtol=1e-4)
 
 
+def test_select_by_electron_ranks_by_epistemic_sigma_per_electron(toy_model_path, tmp_path, capsys):  # noqa: F811
+    """--by electron: the score is sqrt(2/pi) * integral sigma_epi dV / N_e in %, computed here from each
+    candidate's field (mean sigma times the cell volume: the stretched cell's larger volume counts)."""
+    seen, squeezed, stretched = _cells()
+    write(tmp_path / "traj.xyz", [seen, stretched, squeezed])
+    capsys.readouterr()
+    assert main(["select", "-m", toy_model_path, str(tmp_path / "traj.xyz"), "--top", "3", "--by", "electron",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["by"] == "electron" and report["score"].endswith("(%)")
+    model = load_model(toy_model_path)
+    expected = {}
+    for frame, atoms in enumerate((seen, stretched, squeezed)):
+        field = run_prediction(model, atoms, None, InferenceSettings()).field
+        volume_bohr3 = atoms.get_volume() / 0.529177210903 ** 3
+        expected[frame] = 100 * np.sqrt(2 / np.pi) * float(field.sigma_epistemic.mean()) * volume_bohr3 / 12.0
+    got = {c["frame"]: c["score"] for c in report["candidates"]}
+    assert got == pytest.approx(expected, rel=1e-6)
+    assert [c["frame"] for c in report["chosen"]] == sorted(expected, key=lambda k: -expected[k])
+    assert all(c["epistemic_eps_percent"] == c["score"] for c in report["candidates"])
+
+
 @pytest.mark.parametrize("case", ["missing", "top", "species"])
 def test_select_refuses_bad_input_with_one_line(case, toy_model_path, tmp_path, capsys):  # noqa: F811
     good = tmp_path / "al.xyz"

@@ -30,9 +30,10 @@ def register(subparsers) -> None:
     p.add_argument("--freeze", type=int, default=1, help="layers frozen with --refit finetune (default 1)")
     p.add_argument("--random", type=int, default=None, metavar="SEED",
                    help="choose at random with this seed instead of by uncertainty (a study's control arm)")
-    p.add_argument("--by", choices=("sigma", "density"), default="sigma",
-                   help="rank candidates by mean epistemic sigma (default), or by epistemic sigma weighted by how "
-                        "typical each point is of the candidates (density: avoids spending DFT on outliers)")
+    p.add_argument("--by", choices=("sigma", "density", "electron"), default="sigma",
+                   help="rank candidates by mean epistemic sigma (default), by epistemic sigma weighted by how "
+                        "typical each point is of the candidates (density: avoids spending DFT on outliers), or by "
+                        "epistemic sigma per electron (electron: like the error eps; compares compositions)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weight samples when scoring (default 0)")
     p.add_argument("--workdir", required=True, metavar="DIR", help="directory of the run (new, or the same to resume)")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="time limit of each SPARC run")

@@ -6,7 +6,9 @@ are printed most uncertain first, one per line: ``FILE FRAME score``, ready for 
 FILE`` (one frame) or a SPARC run. ``--json`` prints the scores of all candidates; ``--manifest`` writes the
 choice, the model (name and weights sha256), the seed and every score to a JSON file (atomically), so that a
 selection round can be recorded and repeated. ``--by density`` weights each point's sigma by how typical its
-environment is of all the candidates (information density), so that outliers of the pool do not take the DFT.
+environment is of all the candidates (information density), so that outliers of the pool do not take the DFT;
+``--by electron`` ranks by the epistemic sigma per electron (%), normalised like the error eps: across
+compositions or densities it follows the error where the mean sigma in e/Bohr^3 follows the electron density.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ def register(subparsers) -> None:
                    help="structure files or trajectories (every frame is a candidate)")
     p.add_argument("-m", "--model", default="al-pbe", help="shipped model name or model file (default al-pbe)")
     p.add_argument("--top", type=int, default=1, metavar="K", help="how many to choose (default 1)")
-    p.add_argument("--by", choices=("sigma", "density"), default="sigma",
-                   help="rank by mean epistemic sigma (default), or by epistemic sigma weighted by how typical each "
-                        "point is of all the candidates (density: favours what many candidates share)")
+    p.add_argument("--by", choices=("sigma", "density", "electron"), default="sigma",
+                   help="rank by mean epistemic sigma (default), by epistemic sigma weighted by how typical each "
+                        "point is of all the candidates (density: favours what many candidates share), or by "
+                        "epistemic sigma per electron (electron: like the error eps; compares compositions)")
     p.add_argument("--samples", type=int, default=None, help="posterior weight samples (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weight samples (default 0): same seed, same ranking")
     p.add_argument("--manifest", metavar="FILE", help="write the choice and every score to this JSON file")
@@ -81,8 +84,10 @@ def run(args) -> int:
                                    progress, by=args.by))
     chosen = ranked[:args.top]
     report = {"model": model.name, "weights_sha256": model.metadata.get("weights_sha256"), "seed": args.seed,
-              "score": ("mean epistemic sigma (e/Bohr^3)" if args.by == "sigma" else
-                        "mean epistemic sigma times typicality over sampled points (e/Bohr^3)"), "by": args.by,
+              "score": {"sigma": "mean epistemic sigma (e/Bohr^3)",
+                        "density": "mean epistemic sigma times typicality over sampled points (e/Bohr^3)",
+                        "electron": "epistemic sigma per electron, sqrt(2/pi) int sigma_epi dV / N_e (%)"}[args.by],
+              "by": args.by,
               "top": args.top,
               "chosen": [{"file": c.source, "frame": c.frame} for c in chosen],
               "candidates": [c.to_dict() for c in ranked]}
