@@ -51,7 +51,7 @@ import warnings
 from ase.calculators.calculator import Calculator, all_changes
 from ase.units import Bohr
 
-from .inference import OOD_WARNING_FRACTION, ExecutorSettings, InferenceSettings, run_prediction
+from .inference import ExecutorSettings, InferenceSettings, run_prediction
 
 __all__ = ["MLRhoCalculator", "OutOfDistributionWarning"]
 
@@ -122,11 +122,8 @@ class MLRhoCalculator(Calculator):
             "expected_eps_percent": run.summary.expected_eps_percent,
             "ood_fraction": run.summary.ood_fraction,
         }
-        if run.summary.looks_out_of_distribution:
-            warnings.warn(f"{self.model.name}: {100 * run.summary.ood_fraction:.1f} % of the grid points have an "
-                          f"epistemic sigma above the model's validation range (more than "
-                          f"{100 * OOD_WARNING_FRACTION:g} %: out of distribution); treat the density with care",
-                          OutOfDistributionWarning, stacklevel=3)
+        if run.summary.ood_warning:
+            warnings.warn(f"{self.model.name}: {run.summary.ood_warning}", OutOfDistributionWarning, stacklevel=3)
 
     def set(self, **kwargs):
         """Change parameters (n_samples, seed, chunk_points, ...); any change clears the cache."""

@@ -129,6 +129,17 @@ class PredictionSummary:
     def looks_out_of_distribution(self) -> bool:
         return self.ood_fraction is not None and self.ood_fraction > OOD_WARNING_FRACTION
 
+    @property
+    def ood_warning(self) -> str | None:
+        """The one-line warning of a structure that looks out of distribution (None when it does not), as
+        ``mlrho predict`` prints it and the calculator warns it."""
+        if not self.looks_out_of_distribution:
+            return None
+        return (f"{100 * self.ood_fraction:.1f} % of the grid points have an epistemic sigma above the model's "
+                f"validation range (p99.9 = {self.ood_threshold_e_per_bohr3:.3g} e/Bohr^3; more than "
+                f"{100 * OOD_WARNING_FRACTION:g} % means the structure looks out of distribution): treat the density "
+                "with care")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["grid_shape"] = list(self.grid_shape)

@@ -39,9 +39,9 @@ __all__ = ["CandidateScore", "DensitySettings", "STRATEGIES", "SCORE_MEANING", "
 STRATEGIES = ("sigma", "density", "electron")
 #: each strategy's score in words, and its unit
 SCORE_MEANING = {
-    "sigma": ("largest mean epistemic sigma", "e/Bohr^3"),
-    "density": ("largest mean epistemic sigma weighted by typicality", "e/Bohr^3"),
-    "electron": ("largest epistemic sigma per electron (sqrt(2/pi) int sigma_epi dV / N_e)", "%"),
+    "sigma": ("mean epistemic sigma", "e/Bohr^3"),
+    "density": ("mean epistemic sigma times typicality over sampled points", "e/Bohr^3"),
+    "electron": ("epistemic sigma per electron, sqrt(2/pi) int sigma_epi dV / N_e", "%"),
 }
 
 

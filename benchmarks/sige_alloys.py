@@ -95,8 +95,8 @@ def main(argv=None) -> int:
     summary = {
         "model": args.model,
         "cells": len(rows),
-        "pearson_eps_vs_mean_sigma_epi": float(np.corrcoef(eps, epi_mean)[0, 1]) if len(rows) > 2 else None,
-        "pearson_eps_vs_mean_sigma_total": float(np.corrcoef(eps, tot_mean)[0, 1]) if len(rows) > 2 else None,
+        "pearson_eps_vs_mean_sigma_epi": pearson(eps, epi_mean),
+        "pearson_eps_vs_mean_sigma_total": pearson(eps, tot_mean),
         "pearson_eps_vs_epistemic_eps": pearson(eps, [r["epistemic_eps_percent"] for r in rows]),
         "pearson_eps_vs_expected_eps": pearson(eps, [r["expected_eps_percent"] for r in rows]),
         "spearman_abs_error_vs_sigma_epi_pooled": spearman(np.concatenate(pooled_err), np.concatenate(pooled_epi)),

@@ -3,7 +3,8 @@
 Each round
 1. scores every candidate not chosen before with the current model (``strategy`` "sigma": its mean
    epistemic sigma; "density": the same weighted by how typical each point is of the pool; "electron":
-   the epistemic sigma per electron, :func:`ase_mlrho.selection.score_candidates`) and chooses the ``per_round`` highest -- or,
+   the epistemic sigma per electron, :func:`ase_mlrho.selection.score_candidates`) and chooses the
+   ``per_round`` highest -- or,
    with ``random_seed`` set, ``per_round`` at random (the control arm of a selection study);
 2. computes each chosen structure as it is (no MD) with one SPARC SCF at the model's reference settings
    (:func:`sparc_bridge.datagen.run_datagen`, resumable on its own);
@@ -117,7 +118,7 @@ def _choose(plan: LearningPlan, model, pool, round_index: int, log) -> tuple[lis
         row["source"] = Path(row["source"]).name
     if plan.random_seed is None:
         order = [_key(s.source, s.frame) for s in rank(scores)]
-        why = SCORE_MEANING[plan.strategy][0]
+        why = f"largest {SCORE_MEANING[plan.strategy][0]}"
     else:
         rng = np.random.default_rng([int(plan.random_seed), round_index])
         order = [_key(pool[i][0], pool[i][1]) for i in rng.permutation(len(pool))]

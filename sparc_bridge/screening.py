@@ -27,7 +27,8 @@ Approximations, chosen from measurements on SiGe (``benchmarks/README.md``):
   The cells it is fitted on fix eps(q) only down to their smallest q (2 pi / L): below that
   (larger cells) eps0 is an extrapolation; the shipped SiGe fits (64-atom cells, q >= 0.30 / Bohr)
   gave eps0 = 158 and, for the session-12 model, infinity (k2 0.746 and 0.739 / Bohr^2), far above
-  cold Si's ~12: 1/(eps0 - 1) << q^2/k2 leaves eps0 undetermined there. Refit on larger cells before trusting the correction of much larger ones.
+  cold Si's ~12: 1/(eps0 - 1) << q^2/k2 leaves eps0 undetermined there. Refit on larger cells
+  before trusting the correction of much larger ones.
 * K(G) = 4 pi / q^2 + <f_xc>, with <f_xc> the cell average (the G = 0 component) of the LDA
   (Perdew-Wang 92) xc kernel at rho_in.
 * Only components with K > 0 count (q below q* = sqrt(4 pi / -<f_xc>), about 1.5 / Bohr in

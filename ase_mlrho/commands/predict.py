@@ -63,7 +63,7 @@ def run(args) -> int:
     from ..grid import InvalidStructureError
     from sparc_bridge.density_file import DENS_SINK
 
-    from ..inference import (CORE_SINKS, DEFAULT_CHUNK_POINTS, OOD_WARNING_FRACTION, ExecutorSettings,
+    from ..inference import (CORE_SINKS, DEFAULT_CHUNK_POINTS, ExecutorSettings,
                              InferenceSettings, OutputError, check_output, run_prediction, validate_structure)
 
     sinks = (*CORE_SINKS, DENS_SINK)  # the command layer may use both packages: SPARC's .dens is an output too
@@ -94,11 +94,8 @@ def run(args) -> int:
         return _fail(exc)
     s = result.summary
     total_s = time.perf_counter() - t_start
-    if s.looks_out_of_distribution:
-        print(f"mlrho predict: warning: {100 * s.ood_fraction:.1f} % of the grid points have an epistemic sigma above "
-              f"the model's validation range (p99.9 = {s.ood_threshold_e_per_bohr3:.3g} e/Bohr^3; more than "
-              f"{100 * OOD_WARNING_FRACTION:g} % means the structure looks out of distribution): treat the density "
-              "with care", file=sys.stderr)
+    if s.ood_warning:
+        print(f"mlrho predict: warning: {s.ood_warning}", file=sys.stderr)
     if args.json:
         keys = ("natoms", "grid_shape", "n_electrons", "electrons_raw", "seconds", "points_per_second",
                 "sigma_total_max_e_per_bohr3", "sigma_total_mean_e_per_bohr3", "expected_eps_percent", "ood_fraction",

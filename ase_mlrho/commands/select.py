@@ -67,7 +67,7 @@ def run(args) -> int:
     from ..grid import InvalidStructureError
     from ..inference import InferenceSettings, validate_structure
     from ..model_files import ModelFileError, load_model
-    from ..selection import rank, score_candidates
+    from ..selection import SCORE_MEANING, rank, score_candidates
 
     try:
         model = load_model(args.model)
@@ -83,11 +83,9 @@ def run(args) -> int:
     ranked = rank(score_candidates(model, candidates, InferenceSettings(n_samples=args.samples, seed=args.seed),
                                    progress, by=args.by))
     chosen = ranked[:args.top]
+    meaning, unit = SCORE_MEANING[args.by]
     report = {"model": model.name, "weights_sha256": model.metadata.get("weights_sha256"), "seed": args.seed,
-              "score": {"sigma": "mean epistemic sigma (e/Bohr^3)",
-                        "density": "mean epistemic sigma times typicality over sampled points (e/Bohr^3)",
-                        "electron": "epistemic sigma per electron, sqrt(2/pi) int sigma_epi dV / N_e (%)"}[args.by],
-              "by": args.by,
+              "score": f"{meaning} ({unit})", "by": args.by,
               "top": args.top,
               "chosen": [{"file": c.source, "frame": c.frame} for c in chosen],
               "candidates": [c.to_dict() for c in ranked]}
