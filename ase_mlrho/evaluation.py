@@ -25,6 +25,7 @@ class SnapshotMetrics:
     name: str
     eps_rho_percent: float
     rmse_e_per_bohr3: float
+    mae_e_per_bohr3: float
     nrmse_percent: float
     coverage_1sigma: float
     coverage_2sigma: float
@@ -56,6 +57,7 @@ def field_metrics(name: str, rho_pred, rho_ref, sigma_ale, sigma_epi, dv_bohr3: 
         name=name,
         eps_rho_percent=eps_rho_percent(err, dv_bohr3, n_electrons),
         rmse_e_per_bohr3=rmse,
+        mae_e_per_bohr3=float(np.mean(np.abs(err))),
         nrmse_percent=float(100.0 * rmse / (rho_ref.max() - rho_ref.min())),
         coverage_1sigma=coverage(err, sig, 1),
         coverage_2sigma=coverage(err, sig, 2),

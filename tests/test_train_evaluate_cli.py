@@ -41,6 +41,7 @@ def test_evaluate_json_matches_direct_numpy(toy_model, al4_dir, capsys):
     assert got["name"] == "al4"
     assert got["eps_rho_percent"] == pytest.approx(eps, rel=1e-9)
     assert got["rmse_e_per_bohr3"] == pytest.approx(rmse, rel=1e-9)
+    assert got["mae_e_per_bohr3"] == pytest.approx(np.mean(np.abs(err)), rel=1e-9)
     rho = snap.density_e_per_bohr3
     assert got["nrmse_percent"] == pytest.approx(100 * rmse / (rho.max() - rho.min()), rel=1e-9)
     for k in (1, 2, 3):
