@@ -20,35 +20,49 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def near_vacancy(snap, model_name: str, radii=(3.0, 4.0)) -> dict:
+def nearest_atom_distance_bohr(snap) -> np.ndarray:
+    """Distance (Bohr) from every grid point to its nearest atom, periodic images counted (a k-d tree over the
+    atoms of the 27 neighbouring cells: exact where the distances asked are below every cell width)."""
     from ase.units import Bohr
     from scipy.spatial import cKDTree
 
-    from ase_mlrho.inference import predict_field
-    from ase_mlrho.model_files import load_model
+    pts = snap.grid.points_bohr_at(np.arange(snap.grid.n_points))
+    shifts = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)]) @ snap.grid.cell_bohr
+    images = (snap.atoms.get_positions()[None, :, :] / Bohr + shifts[:, None, :]).reshape(-1, 3)
+    return cKDTree(images).query(pts)[0]
 
-    f = predict_field(load_model(model_name), snap.atoms, snap.grid)
+
+def near_hole(snap, err, sig, epi, dist, radii=(3.0, 4.0)) -> dict:
+    """Figures over the grid points within each radius (Bohr) of the centre of the largest empty sphere (the
+    grid point farthest from every atom: a vacancy's centre). ``err``, ``sig``, ``epi``: flat fields (error,
+    total and epistemic sigma, e/Bohr^3); ``dist``: :func:`nearest_atom_distance_bohr`."""
     pts = snap.grid.points_bohr_at(np.arange(snap.grid.n_points))
     cell = snap.grid.cell_bohr
-    shifts = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)]) @ cell
-    images = (snap.atoms.get_positions()[None, :, :] / Bohr + shifts[:, None, :]).reshape(-1, 3)
-    d, _ = cKDTree(images).query(pts)
-    centre = pts[np.argmax(d)]
-    frac = (pts - centre) @ np.linalg.inv(cell)
+    frac = (pts - pts[np.argmax(dist)]) @ np.linalg.inv(cell)
     r = np.linalg.norm((frac - np.round(frac)) @ cell, axis=1)
-    err = (f.density - snap.density_e_per_bohr3).reshape(-1)
-    sig, epi = f.sigma_total.reshape(-1), f.sigma_epistemic.reshape(-1)
-    out = {"model": model_name, "largest_empty_sphere_bohr": float(d.max())}
+    out = {"largest_empty_sphere_bohr": float(dist.max())}
     for radius in radii:
         m = r < radius
         out[f"within_{radius:g}_bohr"] = {
             "points": int(m.sum()), "coverage_3sigma": float(np.mean(np.abs(err[m]) <= 3 * sig[m])),
             "mean_abs_error_over_mean_sigma": float(np.abs(err[m]).mean() / sig[m].mean()),
             "epistemic_sigma_over_cell_mean": float(epi[m].mean() / epi.mean())}
-        print(f"{model_name}: within {radius:g} Bohr ({m.sum()} points): 3-sigma coverage "
-              f"{out[f'within_{radius:g}_bohr']['coverage_3sigma']:.3f}, mean|err|/mean sigma "
-              f"{out[f'within_{radius:g}_bohr']['mean_abs_error_over_mean_sigma']:.2f}, epistemic sigma x"
-              f"{out[f'within_{radius:g}_bohr']['epistemic_sigma_over_cell_mean']:.2f} of the cell mean")
+    return out
+
+
+def near_vacancy(snap, model_name: str, radii=(3.0, 4.0)) -> dict:
+    from ase_mlrho.inference import predict_field
+    from ase_mlrho.model_files import load_model
+
+    f = predict_field(load_model(model_name), snap.atoms, snap.grid)
+    err = (f.density - snap.density_e_per_bohr3).reshape(-1)
+    sig, epi = f.sigma_total.reshape(-1), f.sigma_epistemic.reshape(-1)
+    out = {"model": model_name, **near_hole(snap, err, sig, epi, nearest_atom_distance_bohr(snap), radii)}
+    for radius in radii:
+        w = out[f"within_{radius:g}_bohr"]
+        print(f"{model_name}: within {radius:g} Bohr ({w['points']} points): 3-sigma coverage "
+              f"{w['coverage_3sigma']:.3f}, mean|err|/mean sigma {w['mean_abs_error_over_mean_sigma']:.2f}, "
+              f"epistemic sigma x{w['epistemic_sigma_over_cell_mean']:.2f} of the cell mean")
     return out
 
 
