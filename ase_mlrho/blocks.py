@@ -23,7 +23,7 @@ from .predictor import Predictor
 
 __all__ = ["InferenceSettings", "Structure", "ChunkPlan", "Job", "Block", "make_job", "predict_block",
            "build_context", "cached_context", "context_for_token", "DEFAULT_CHUNK_POINTS", "DEFAULT_BATCH_POINTS",
-           "DEFAULT_DEVICE_BATCH_POINTS", "STAT_COLUMNS", "box_flat_indices"]
+           "DEFAULT_DEVICE_BATCH_POINTS", "STAT_COLUMNS", "RENORMALISATIONS", "box_flat_indices"]
 
 #: default points per block (task and zarr chunk): 2^18 points = 1 MiB of float32 per array
 DEFAULT_CHUNK_POINTS = 2 ** 18
@@ -35,6 +35,8 @@ DEFAULT_DEVICE_BATCH_POINTS = 2 ** 16
 #: grid nodes per compact sub-block of the device path (8^3: each sees ~80 atoms of a metal at 0.25 Bohr);
 #: ``batch_points`` of them go through the descriptors and the network together
 DENSE_SUB_BLOCK_POINTS = 512
+#: ways to bring a predicted field to the exact electron count (see :class:`InferenceSettings`)
+RENORMALISATIONS = ("scale", "posterior")
 #: columns of the per-block statistics (all extensive sums except the max)
 STAT_COLUMNS = ("points", "sum_raw", "sum_clipped", "sum_sigma_total", "max_sigma_total", "n_ood")
 
@@ -61,6 +63,12 @@ class InferenceSettings:
         (:mod:`ase_mlrho.dense_descriptors`) and every weight set in one stack
         (:mod:`ase_mlrho.predictor`), all on that device; the same field to float32 rounding.
         Batches are then ``DEFAULT_DEVICE_BATCH_POINTS`` unless ``batch_points`` says otherwise.
+    renormalisation : how the field is brought to the exact electron count. ``"scale"`` (default, the
+        paper's) -- clip at zero and multiply everything, sigmas included, by one factor. ``"posterior"``
+        -- the most probable field under the model's own Gaussian (mean, sigma per point) that has the
+        exact count and is nowhere negative: ``max(0, mean + lambda * sigma^2)``, one ``lambda`` for the
+        cell (:func:`ase_mlrho.inference.renormalise_posterior`); the missing or excess charge goes where
+        the model is least sure, not everywhere in proportion. In memory and file outputs only (not zarr).
     """
 
     n_samples: int | None = None
@@ -70,8 +78,12 @@ class InferenceSettings:
     mesh_spacing_bohr: float | None = None
     neighbour_tables: str = "auto"
     device: str | None = None
+    renormalisation: str = "scale"
 
     def __post_init__(self):
+        if self.renormalisation not in RENORMALISATIONS:
+            raise ValueError(f"renormalisation must be one of {', '.join(RENORMALISATIONS)}, "
+                             f"got {self.renormalisation!r}")
         if self.neighbour_tables not in ("auto", "structure", "block"):
             raise ValueError(f"neighbour_tables must be auto, structure or block, got {self.neighbour_tables!r}")
         if self.n_samples is not None and int(self.n_samples) < 0:

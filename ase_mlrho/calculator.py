@@ -17,9 +17,12 @@ cell -- SPARC's grid rule at the model's mesh spacing, node (0, 0, 0) at the cel
 ``array[i, j, k]`` at fractional position ``(i, j, k) / intervals``):
 
 * ``density`` -- clipped at zero and renormalised to the exact valence electron count, so for a
-  periodic cell ``density.mean() * atoms.get_volume()`` equals the electron count;
+  periodic cell ``density.mean() * atoms.get_volume()`` equals the electron count; by one factor
+  (``renormalisation="scale"``, default) or, with ``renormalisation="posterior"``, by adding or removing
+  the charge where the sigma is largest (:class:`~ase_mlrho.inference.InferenceSettings`);
 * ``density_sigma_aleatoric``, ``density_sigma_epistemic``, ``density_sigma_total``
-  (= sqrt(aleatoric^2 + epistemic^2)), scaled by the same renormalisation factor;
+  (= sqrt(aleatoric^2 + epistemic^2)), scaled by the same renormalisation factor ("scale") or as
+  predicted ("posterior");
 * ``electrons_raw`` -- the integral of the raw prediction before clipping and renormalisation (a
   diagnostic: far from the electron count means the model is struggling), and ``n_electrons``;
 * ``expected_eps_percent`` -- the error per electron the model's own sigma predicts, in % (what
@@ -84,17 +87,18 @@ class MLRhoCalculator(Calculator):
                               "density_sigma_epistemic", "electrons_raw", "n_electrons", "expected_eps_percent",
                               "ood_fraction"]
     default_parameters = {"n_samples": None, "seed": 0, "chunk_points": InferenceSettings.chunk_points,
-                          "mesh_spacing_bohr": None, "executor": "serial", "workers": 1, "device": None}
+                          "mesh_spacing_bohr": None, "executor": "serial", "workers": 1, "device": None,
+                          "renormalisation": "scale"}
     nolabel = True
 
     def __init__(self, model="al-pbe", n_samples=None, seed=0, chunk_points=InferenceSettings.chunk_points,
-                 mesh_spacing_bohr=None, executor="serial", workers=1, device=None, **kwargs):
+                 mesh_spacing_bohr=None, executor="serial", workers=1, device=None, renormalisation="scale", **kwargs):
         from .model_files import MLRhoModel, load_model
 
         self.model = model if isinstance(model, MLRhoModel) else load_model(model)
         Calculator.__init__(self, n_samples=n_samples, seed=seed, chunk_points=chunk_points,
                             mesh_spacing_bohr=mesh_spacing_bohr, executor=executor, workers=workers, device=device,
-                            **kwargs)
+                            renormalisation=renormalisation, **kwargs)
         self.grid = None
         self.summary = None
 
@@ -102,7 +106,8 @@ class MLRhoCalculator(Calculator):
     def settings(self) -> InferenceSettings:
         p = self.parameters
         return InferenceSettings(n_samples=p.n_samples, seed=int(p.seed), chunk_points=int(p.chunk_points),
-                                 mesh_spacing_bohr=p.mesh_spacing_bohr, device=p.device)
+                                 mesh_spacing_bohr=p.mesh_spacing_bohr, device=p.device,
+                                 renormalisation=p.get("renormalisation", "scale"))
 
     def calculate(self, atoms=None, properties=("density",), system_changes=all_changes):
         Calculator.calculate(self, atoms, properties, system_changes)

@@ -162,6 +162,58 @@ def renormalise(density: np.ndarray, dv_bohr3: float, n_electrons: float) -> tup
     return clipped * factor, factor
 
 
+def renormalise_posterior(density: np.ndarray, variance: np.ndarray, dv_bohr3: float,
+                          n_electrons: float) -> tuple[np.ndarray, float]:
+    """The most probable non-negative field with the exact electron count under independent Gaussians
+    N(density, variance) per point: minimise sum (rho - density)^2 / variance subject to
+    sum rho * dV = n_electrons and rho >= 0. The optimality conditions give
+    rho = max(0, density + lambda * variance) with one multiplier ``lambda`` (Bohr^3 / e, as the
+    variance is in (e/Bohr^3)^2); the integral grows monotonically with it, so it is found by a bracketed
+    root search and then solved exactly on the points it leaves positive. Points of zero variance keep
+    max(0, density). Returns (field, lambda).
+
+    Why: with uniform scaling (:func:`renormalise`) a model that puts charge where there is none (the
+    vacuum of a surface it never saw) takes the excess from every atom in proportion; here it goes from
+    where the model says it is unsure. With all variances equal this is a uniform shift, not a scaling."""
+    from scipy.optimize import brentq
+
+    mu = np.clip(np.asarray(density, dtype=np.float64), 0.0, None)
+    var = np.asarray(variance, dtype=np.float64)
+    if mu.shape != var.shape:
+        raise ValueError(f"density {mu.shape} and variance {var.shape} differ in shape")
+    if np.any(var < 0) or not np.all(np.isfinite(var)):
+        raise ValueError("the variance must be finite and non-negative")
+    target = float(n_electrons) / dv_bohr3
+
+    def excess(lam: float) -> float:
+        return float(np.maximum(mu + lam * var, 0.0).sum()) - target
+
+    free = var > 0
+    if not free.any():
+        raise ValueError("every sigma is zero: nothing tells where to add or remove charge; use renormalisation 'scale'")
+    e0 = excess(0.0)
+    if e0 == 0.0:
+        lam = 0.0
+    elif e0 < 0:  # too few electrons: nothing clips for lambda > 0, so the linear solution is exact
+        lam = -e0 / float(var.sum())
+    else:
+        lo = -float(np.max(mu[free] / var[free]))  # every point with a sigma at zero
+        if excess(lo) > 0:
+            raise ValueError("the points without a sigma alone hold more than the electron count")
+        lam = brentq(excess, lo, 0.0, xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=200)
+    for _ in range(3):  # exact on the points the multiplier leaves positive (one pass unless it moved the set)
+        active = (mu + lam * var) > 0
+        v = float(var[active].sum())
+        if v == 0:
+            break
+        new = (target - float(mu[active].sum())) / v
+        moved = not np.array_equal((mu + new * var) > 0, active)
+        lam = new
+        if not moved:
+            break
+    return np.maximum(mu + lam * var, 0.0), float(lam)
+
+
 def _factor(electrons_clipped: float, n_electrons: float) -> float:
     if not electrons_clipped > 0:
         raise ValueError("the predicted density is zero or negative everywhere, so it cannot be renormalised: "
@@ -191,6 +243,10 @@ def run_prediction(model, atoms, output=None, settings: InferenceSettings = Infe
     grid = grid or Grid.from_cell(structure.cell_bohr, spacing, structure.pbc)
     n_electrons = model.n_electrons(structure.numbers)
     sink, path = (None, None) if output is None else check_output(output, overwrite, sinks)
+    posterior = settings.renormalisation == "posterior"
+    if posterior and sink == "zarr":
+        raise ValueError("renormalisation 'posterior' needs the whole field at once: write .cube, .dens or .npz "
+                         "(or keep it in memory), or use the default 'scale' for a zarr store")
     job = make_job(model, structure, grid, settings)
     plan = job.plan
     attrs = {
@@ -202,7 +258,9 @@ def run_prediction(model, atoms, output=None, settings: InferenceSettings = Infe
         "model": model_info(model), "n_samples": job.n_samples, "seed": job.seed, "chunk_points":
             int(settings.chunk_points), "batch_points": job.batch_points, "block_shape": list(plan.block),
         "n_electrons": n_electrons, "natoms": structure.natoms,
-        "renormalisation": "density = max(raw, 0) * factor; the sigmas are multiplied by the same factor",
+        "renormalisation": ("density = max(0, max(raw, 0) + lambda * sigma_total^2), the most probable field with "
+                            "the exact count; the sigmas as predicted" if posterior else
+                            "density = max(raw, 0) * factor; the sigmas are multiplied by the same factor"),
     }
 
     stats = np.zeros((plan.n_chunks, len(STAT_COLUMNS)))
@@ -217,7 +275,7 @@ def run_prediction(model, atoms, output=None, settings: InferenceSettings = Infe
         resumed = plan.n_chunks - len(todo)
         store = str(partial_path(path))
     else:
-        names = SIGMA_FIELDS if sink is None else sink.fields
+        names = SIGMA_FIELDS if sink is None or posterior else sink.fields
         acc = Accumulator(grid.shape, names, None if path is None else (path.parent if str(path.parent) else Path(".")))
         store = None
 
@@ -257,6 +315,12 @@ def run_prediction(model, atoms, output=None, settings: InferenceSettings = Infe
                 for i, digest in ex.rescale(pending, store, factor):
                     group["chunk_sha256"][i] = np.frombuffer(digest, dtype=np.uint8)
                     state[i] = 2
+            elif posterior:
+                a = acc.arrays
+                a["density"][...], lam = renormalise_posterior(
+                    a["density"], a["sigma_aleatoric"] ** 2 + a["sigma_epistemic"] ** 2, dv, n_electrons)
+                attrs["posterior_lambda_bohr3_per_e"] = lam
+                factor = 1.0  # nothing is scaled: the sigmas stay as predicted
             else:
                 acc.scale(factor)
     except BaseException:

@@ -4,7 +4,8 @@ From a model trained on two Si32Ge32 cells, each arm grows the training set from
 structures, one SPARC SCF per round, with ``mlrho learn``: the ``uq`` arm takes the candidate with the
 largest mean epistemic sigma, the ``density`` arm the one with the largest sigma weighted by typicality
 (information density: sigma where many candidates share the environment, ``mlrho learn --by density``),
-the ``random:S`` arms one at random (seed S). After every round the refitted
+the ``electron`` arm the one with the largest epistemic sigma per electron (``mlrho learn --by electron``,
+session 13), the ``random:S`` arms one at random (seed S). After every round the refitted
 model is scored on two fixed held-out sets, never chosen, trained or validated on: the committed SiGe
 test cells (x = 0.4, 0.5, 0.6 and an x = 0.5 vacancy: the study's first set), and those with cells drawn
 like the pool added (x = 0.3 and 0.7 at 1200 and 2300 K, a vacancy at each: ``data/sparc/sige/x03``,
@@ -111,13 +112,14 @@ def run_arm(workdir: Path, arm: str, rounds: int, per_round: int) -> dict:
     from ase_mlrho.commands.common import sparc_command
     from sparc_bridge.active_learning import LearningPlan, run_active_learning
 
-    if arm not in ("uq", "density") and not arm.startswith("random:"):
-        raise SystemExit(f"unknown arm {arm!r}: uq, density or random:SEED")
+    strategies = {"uq": "sigma", "density": "density", "electron": "electron"}
+    if arm not in strategies and not arm.startswith("random:"):
+        raise SystemExit(f"unknown arm {arm!r}: uq, density, electron or random:SEED")
     random_seed = int(arm.split(":")[1]) if arm.startswith("random:") else None
     plan = LearningPlan(candidates=tuple(str(p) for p in make_pool(workdir)),
                         train_dirs=tuple(str(SIGE / c) for c in START_CELLS), val_dirs=(str(SIGE / VAL_CELL),),
                         rounds=rounds, per_round=per_round, random_seed=random_seed, seed=0,
-                        strategy="density" if arm == "density" else "sigma")
+                        strategy=strategies.get(arm, "sigma"))
     return run_active_learning(start_model(workdir), plan, workdir / arm.replace(":", "_"), sparc_command(),
                                dft_cache=workdir / "dft_cache")
 

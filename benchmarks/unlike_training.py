@@ -7,6 +7,8 @@ predicts each density on the SPARC grid and the script reports, per cell:
 * eps (% per electron), the expected error ``eps_exp`` the model's sigma predicts, 3-sigma coverage,
   the mean epistemic sigma and its ratio to the reference group's, and the out-of-distribution fraction
   (points whose epistemic sigma exceeds the model's validation p99.9, what ``mlrho predict`` warns on);
+* eps and coverage with the other renormalisation, ``posterior`` (the charge added or removed where the
+  sigma is largest; ``mlrho predict --renormalise posterior``), from the same prediction;
 * the same near the defect or surface: coverage, mean |error| over mean sigma, and the epistemic sigma
   relative to the cell's mean, in shells of the distance to the nearest atom (periodic images counted).
   A vacancy or a surface is where points lie far from every atom; bulk points stay within about half a
@@ -63,7 +65,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write all figures to this JSON file")
     args = ap.parse_args(argv)
 
-    from ase_mlrho.evaluation import evaluate_snapshots
+    from ase_mlrho.evaluation import eps_rho_percent, evaluate_snapshots
+    from ase_mlrho.inference import renormalise_posterior
     from ase_mlrho.model_files import load_model
     from sparc_bridge.snapshots import find_run_directories, load_snapshot
 
@@ -77,20 +80,27 @@ def main(argv=None) -> int:
             err = (pred.density - snap.density_e_per_bohr3).ravel()
             epi, sig = pred.sigma_epistemic.ravel(), pred.sigma_total.ravel()
             dist = nearest_atom_distance_bohr(snap)
+            # the same prediction brought to the electron count the other way (renormalisation "posterior")
+            f = pred.renormalisation_factor
+            post, _ = renormalise_posterior(pred.density / f, (pred.sigma_total / f) ** 2, snap.grid.dv_bohr3,
+                                            snap.n_electrons)
+            err_post = (post - snap.density_e_per_bohr3).ravel()
             rows.append({"group": name, **m.to_dict(), "natoms": len(snap.atoms),
                          "ood_fraction": None if threshold is None else float(np.mean(epi > threshold)),
                          "sigma_epistemic_max_over_threshold": None if threshold is None else float(epi.max() / threshold),
-                         "shells": shells(err, sig, epi, dist), "hole": near_hole(snap, err, sig, epi, dist)})
+                         "shells": shells(err, sig, epi, dist), "hole": near_hole(snap, err, sig, epi, dist),
+                         "posterior": {"eps_rho_percent": eps_rho_percent(err_post, snap.grid.dv_bohr3, snap.n_electrons),
+                                       "coverage_3sigma": float(np.mean(np.abs(err_post) <= 3 * sig / f))}})
     ref = np.mean([r["sigma_epistemic_mean_e_per_bohr3"] for r in rows if r["group"] == args.group[0][0]])
     for r in rows:
         r["sigma_epistemic_over_reference"] = r["sigma_epistemic_mean_e_per_bohr3"] / ref
 
     print(f"model {args.model}; out-of-distribution threshold (validation p99.9 of the epistemic sigma) "
           f"{threshold:.3g} e/Bohr^3; epistemic sigma relative to the mean of group '{args.group[0][0]}'\n")
-    print("| cell | group | atoms | eps % | eps_exp % | cov 3σ | σ_epi | σ_epi / ref | OOD % | max σ_epi / p99.9 | "
+    print("| cell | group | atoms | eps % | eps_exp % | cov 3σ | posterior renormalisation: eps %, cov 3σ | σ_epi | σ_epi / ref | OOD % | max σ_epi / p99.9 | "
           "far from atoms (> 4 Bohr): points, cov 3σ, |err|/σ, σ_epi / cell's | "
           "within 3 Bohr of the largest hole: radius, cov 3σ, |err|/σ, σ_epi / cell's |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         far = [s for s in r["shells"] if s["from_bohr"] >= 4.0]
         n_far = sum(s["points"] for s in far)
@@ -102,6 +112,7 @@ def main(argv=None) -> int:
                         f"{max(s['epistemic_sigma_over_cell_mean'] for s in far):.2f} (max)")
         print(f"| {r['name']} | {r['group']} | {r['natoms']} | {r['eps_rho_percent']:.3f} | "
               f"{r['expected_eps_percent']:.3f} | {r['coverage_3sigma']:.4f} | "
+              f"{r['posterior']['eps_rho_percent']:.3f}, {r['posterior']['coverage_3sigma']:.4f} | "
               f"{r['sigma_epistemic_mean_e_per_bohr3']:.2e} | {r['sigma_epistemic_over_reference']:.2f} | "
               f"{100 * (r['ood_fraction'] or 0):.2f} | {r['sigma_epistemic_max_over_threshold'] or 0:.2f} | {far_text} | {_hole_text(r['hole'])} |")
     eps = [r["eps_rho_percent"] for r in rows]

@@ -124,6 +124,18 @@ def test_the_same_seed_gives_a_bit_identical_density(toy_model_path):
     assert np.max(np.abs(a - b)) <= 1e-6 * a.max()
 
 
+def test_posterior_renormalisation_is_passed_to_the_engine(toy_model_path):
+    atoms = al_cell((1, 1, 1))
+    calc = MLRhoCalculator(model=toy_model_path, renormalisation="posterior")
+    rho = calc.get_property("density", atoms)
+    field = run_prediction(load_model(toy_model_path), atoms,
+                           settings=inference.InferenceSettings(renormalisation="posterior")).field
+    assert np.allclose(rho, field.density / Bohr ** 3, rtol=1e-14, atol=0)
+    assert rho.mean() * atoms.get_volume() == pytest.approx(12.0, rel=1e-12)
+    scaled = MLRhoCalculator(model=toy_model_path).get_property("density", atoms)
+    assert np.max(np.abs(rho - scaled)) > 1e-6 * rho.max()  # not the default field under another name
+
+
 def test_atoms_outside_the_cell_are_wrapped(toy_model_path):
     atoms = al_cell((1, 1, 1))
     far = atoms.copy()

@@ -109,6 +109,57 @@ def test_any_chunk_size_gives_the_same_field_and_the_exact_electron_count(toy_mo
     assert whole.sigma_epistemic.max() > 0
 
 
+@pytest.mark.parametrize("n_electrons", [0.5, 1.2, 3.0])
+def test_posterior_renormalisation_is_the_constrained_optimum(n_electrons):
+    """max(0, mu + lambda var) against the optimality (KKT) conditions of the convex problem it solves, and
+    against a general-purpose constrained minimiser (SLSQP) as an independent reference."""
+    from scipy.optimize import minimize
+
+    from ase_mlrho.inference import renormalise_posterior
+
+    rng = np.random.default_rng(0)
+    mu, var, dv = rng.normal(0.05, 0.05, 40), rng.uniform(1e-4, 4e-3, 40) ** 2, 0.3
+    rho, lam = renormalise_posterior(mu, var, dv, n_electrons)
+    m0 = np.clip(mu, 0, None)
+    assert rho.sum() * dv == pytest.approx(n_electrons, rel=1e-13) and rho.min() >= 0
+    pos = rho > 0
+    assert np.allclose((rho[pos] - m0[pos]) / var[pos], lam, rtol=1e-9)  # one multiplier on the free points
+    assert np.all(m0[~pos] + lam * var[~pos] <= 1e-15)  # the clipped ones would go negative
+    assert (~pos).any() == (n_electrons < m0.sum() * dv)  # only removing charge clips
+    ref = minimize(lambda r: np.sum((r - m0) ** 2 / var), m0, jac=lambda r: 2 * (r - m0) / var, method="SLSQP",
+                   bounds=[(0, None)] * 40, options={"ftol": 1e-16, "maxiter": 1000},
+                   constraints=[{"type": "eq", "fun": lambda r: r.sum() * dv - n_electrons,
+                                 "jac": lambda r: np.full(40, dv)}])
+    assert np.max(np.abs(rho - ref.x)) < 1e-6 * np.max(rho)
+    # equal variances: a uniform shift, not a scaling
+    flat, _ = renormalise_posterior(np.full(10, 0.2), np.full(10, 1e-4), 1.0, 3.0)
+    assert np.allclose(flat, 0.3)
+    with pytest.raises(ValueError, match="sigma is zero"):
+        renormalise_posterior(mu, np.zeros(40), dv, 1.0)
+
+
+def test_posterior_renormalisation_in_the_pipeline(toy_model, tmp_path):
+    """The in-memory run with renormalisation='posterior' is the pure function applied to the scale run's
+    clipped field and sigmas (undone by its factor), with the exact count; the sigmas are not scaled; a zarr
+    store is refused before any work."""
+    from ase_mlrho.inference import renormalise_posterior
+
+    atoms = al_cell((1, 1, 1))
+    scale = run_prediction(toy_model, atoms).field
+    post = run_prediction(toy_model, atoms, settings=InferenceSettings(renormalisation="posterior")).field
+    f = scale.renormalisation_factor
+    expected, _ = renormalise_posterior(scale.density / f, (scale.sigma_total / f) ** 2, scale.grid.dv_bohr3, 12.0)
+    assert np.allclose(post.density, expected, rtol=1e-9, atol=1e-12)
+    assert post.density.sum() * post.grid.dv_bohr3 == pytest.approx(12.0, rel=1e-12)
+    assert np.allclose(post.sigma_epistemic, scale.sigma_epistemic / f, rtol=1e-12)
+    assert post.renormalisation_factor == 1.0
+    with pytest.raises(ValueError, match="posterior"):
+        run_prediction(toy_model, atoms, tmp_path / "x.zarr", InferenceSettings(renormalisation="posterior"))
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="renormalisation"):
+        InferenceSettings(renormalisation="uniform")
+
+
 def test_translation_by_a_grid_vector_shifts_the_field_by_that_many_nodes(toy_model):
     atoms = al_cell((1, 1, 1), rattle=0.1, seed=3)
     base = run_prediction(toy_model, atoms).field
@@ -283,6 +334,22 @@ def test_predict_json_prints_one_object_with_the_documented_keys(toy_model_path,
     volume_bohr3 = al_cell((1, 1, 1)).get_volume() / 0.529177210903 ** 3
     brute = 100 * np.sqrt(2 / np.pi) * sig.astype(np.float64).mean() * volume_bohr3 / 12.0
     assert report["expected_eps_percent"] == pytest.approx(brute, rel=1e-6)
+
+
+def test_predict_renormalise_posterior_writes_the_posterior_field(toy_model, toy_model_path, tmp_path, capsys):
+    write(tmp_path / "al.xyz", al_cell((1, 1, 1)))
+    out = tmp_path / "rho.npz"
+    assert main(["predict", str(tmp_path / "al.xyz"), "-m", toy_model_path, "-o", str(out), "--renormalise",
+                 "posterior", "--quiet", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["renormalisation_factor"] == 1.0
+    field = run_prediction(toy_model, al_cell((1, 1, 1)), settings=InferenceSettings(renormalisation="posterior")).field
+    written = np.load(out)["density_e_per_bohr3"]  # the structure went through an xyz file: float32-level rounding
+    assert np.max(np.abs(written - field.density)) <= 1e-6 * field.density.max()
+    assert written.sum() * field.grid.dv_bohr3 == pytest.approx(12.0, rel=1e-12)
+    assert main(["predict", str(tmp_path / "al.xyz"), "-m", toy_model_path, "-o", str(tmp_path / "r.zarr"),
+                 "--renormalise", "posterior", "--quiet"]) == 2
+    assert "posterior" in capsys.readouterr().err and not (tmp_path / "r.zarr").exists()
 
 
 def test_predict_warns_when_the_structure_looks_out_of_distribution(toy_model_path, tmp_path, capsys):

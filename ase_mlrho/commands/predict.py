@@ -46,6 +46,11 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None, metavar="DEV",
                    help="run descriptors and network as dense torch tensors on this device (cuda, cuda:1, cpu); "
                         "default: the k-d tree path on the CPUs, which is the faster one there")
+    p.add_argument("--renormalise", choices=("scale", "posterior"), default="scale",
+                   help="how the field reaches the exact electron count: scale (default) clips at zero and scales "
+                        "everything by one factor; posterior adds or removes the charge where the model's sigma is "
+                        "largest (the most probable field with that count; for cells unlike the training data, "
+                        "e.g. a surface; not with .zarr)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
     p.set_defaults(func=run)
@@ -72,7 +77,8 @@ def run(args) -> int:
     try:  # cheap checks first: a missing file or a refused output costs no torch import
         settings = InferenceSettings(n_samples=args.samples, seed=args.seed,
                                      chunk_points=args.chunk_points or DEFAULT_CHUNK_POINTS,
-                                     neighbour_tables=args.neighbour_tables, device=args.device)
+                                     neighbour_tables=args.neighbour_tables, device=args.device,
+                                     renormalisation=args.renormalise)
         ex = ExecutorSettings(executor, args.workers, args.dask_address)
         if args.output:
             check_output(args.output, args.overwrite, sinks)
