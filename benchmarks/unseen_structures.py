@@ -1,0 +1,58 @@
+"""The structure files of the cells unlike the training sets (issue 14 item 1; session 13).
+
+An adjacent di-vacancy (an atom and its nearest neighbour removed) and a free (100) slab (10 A of vacuum
+along z) of the 32-atom fcc Al cell (a = 4.05 A) and of the 64-atom Si32Ge32 cell (x = 0.5, Vegard's
+5.544 A, the occupation of ``BulkSpec.decorate`` with seeds 61 and 65). ``mlrho datagen --structure``
+thermalises and computes them (commands in ``data/README.md``); strained and hotter cells need no file.
+
+    python benchmarks/unseen_structures.py [OUT_DIR]     # default data/sparc/unseen/structures
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def divacancy(atoms):
+    """``atoms`` without atom 0 and its nearest neighbour (periodic images counted)."""
+    atoms = atoms.copy()
+    d = atoms.get_distances(0, range(1, len(atoms)), mic=True)
+    del atoms[[0, 1 + int(np.argmin(d))]]
+    return atoms
+
+
+def slab(atoms, vacuum_ang: float = 10.0):
+    """``atoms`` with ``vacuum_ang`` of vacuum along z (half on each side), still periodic in 3D."""
+    atoms = atoms.copy()
+    atoms.center(vacuum=vacuum_ang / 2, axis=2)
+    atoms.pbc = True
+    return atoms
+
+
+def main(argv=None) -> int:
+    from ase.build import bulk
+    from ase.io import write
+
+    from sparc_bridge.sampling import BulkSpec
+
+    argv = sys.argv[1:] if argv is None else argv
+    out = Path(argv[0]) if argv else ROOT / "data" / "sparc" / "unseen" / "structures"
+    out.mkdir(parents=True, exist_ok=True)
+    al = bulk("Al", "fcc", a=4.05, cubic=True).repeat(2)
+    spec = BulkSpec("Si", "diamond", 5.544, 2, "Ge", 0.5, 0)
+    files = {"al_divac.xyz": divacancy(al), "al_slab100.xyz": slab(al),
+             "sige_divac.xyz": divacancy(spec.decorate(spec.build(), 61)),
+             "sige_slab100.xyz": slab(spec.decorate(spec.build(), 65))}
+    for name, atoms in files.items():
+        write(out / name, atoms, format="extxyz")
+        print(f"{name}: {atoms.get_chemical_formula()}, cell {np.round(atoms.cell.lengths(), 3).tolist()} A")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
