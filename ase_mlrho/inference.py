@@ -197,7 +197,7 @@ def renormalise_posterior(density: np.ndarray, variance: np.ndarray, dv_bohr3: f
     elif e0 < 0:  # too few electrons: nothing clips for lambda > 0, so the linear solution is exact
         lam = -e0 / float(var.sum())
     else:
-        lo = -float(np.max(mu[free] / var[free]))  # every point with a sigma at zero
+        lo = -float(np.max(mu[free] / var[free]))  # here every point with a sigma is at zero
         if excess(lo) > 0:
             raise ValueError("the points without a sigma alone hold more than the electron count")
         lam = brentq(excess, lo, 0.0, xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=200)
