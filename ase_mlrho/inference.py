@@ -168,50 +168,34 @@ def renormalise_posterior(density: np.ndarray, variance: np.ndarray, dv_bohr3: f
     N(density, variance) per point: minimise sum (rho - density)^2 / variance subject to
     sum rho * dV = n_electrons and rho >= 0. The optimality conditions give
     rho = max(0, density + lambda * variance) with one multiplier ``lambda`` (Bohr^3 / e, as the
-    variance is in (e/Bohr^3)^2); the integral grows monotonically with it, so it is found by a bracketed
-    root search and then solved exactly on the points it leaves positive. Points of zero variance keep
+    variance is in (e/Bohr^3)^2). Found exactly by an active set (Michelot's algorithm for projections
+    onto a simplex): solve for ``lambda`` with the count alone, fix the points it takes below zero at
+    zero, repeat; a point once fixed stays fixed, as ``lambda`` only falls. Points of zero variance keep
     max(0, density). Returns (field, lambda).
 
     Why: with uniform scaling (:func:`renormalise`) a model that puts charge where there is none (the
     vacuum of a surface it never saw) takes the excess from every atom in proportion; here it goes from
     where the model says it is unsure. With all variances equal this is a uniform shift, not a scaling."""
-    from scipy.optimize import brentq
-
     mu = np.clip(np.asarray(density, dtype=np.float64), 0.0, None)
     var = np.asarray(variance, dtype=np.float64)
     if mu.shape != var.shape:
         raise ValueError(f"density {mu.shape} and variance {var.shape} differ in shape")
     if np.any(var < 0) or not np.all(np.isfinite(var)):
         raise ValueError("the variance must be finite and non-negative")
-    target = float(n_electrons) / dv_bohr3
-
-    def excess(lam: float) -> float:
-        return float(np.maximum(mu + lam * var, 0.0).sum()) - target
-
     free = var > 0
     if not free.any():
         raise ValueError("every sigma is zero: nothing tells where to add or remove charge; use renormalisation 'scale'")
-    e0 = excess(0.0)
-    if e0 == 0.0:
-        lam = 0.0
-    elif e0 < 0:  # too few electrons: nothing clips for lambda > 0, so the linear solution is exact
-        lam = -e0 / float(var.sum())
-    else:
-        lo = -float(np.max(mu[free] / var[free]))  # here every point with a sigma is at zero
-        if excess(lo) > 0:
-            raise ValueError("the points without a sigma alone hold more than the electron count")
-        lam = brentq(excess, lo, 0.0, xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=200)
-    for _ in range(3):  # exact on the points the multiplier leaves positive (one pass unless it moved the set)
-        active = (mu + lam * var) > 0
-        v = float(var[active].sum())
-        if v == 0:
+    target = float(n_electrons) / dv_bohr3 - float(mu[~free].sum())  # what the points with a sigma must hold
+    if target < 0:
+        raise ValueError("the points without a sigma alone hold more than the electron count")
+    active = free.copy()
+    while True:
+        lam = (target - float(mu[active].sum())) / float(var[active].sum())
+        below = active & (mu + lam * var < 0)
+        if not below.any():
             break
-        new = (target - float(mu[active].sum())) / v
-        moved = not np.array_equal((mu + new * var) > 0, active)
-        lam = new
-        if not moved:
-            break
-    return np.maximum(mu + lam * var, 0.0), float(lam)
+        active &= ~below
+    return np.where(active, mu + lam * var, np.where(free, 0.0, mu)), float(lam)
 
 
 def _factor(electrons_clipped: float, n_electrons: float) -> float:
