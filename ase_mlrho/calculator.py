@@ -107,7 +107,7 @@ class MLRhoCalculator(Calculator):
         p = self.parameters
         return InferenceSettings(n_samples=p.n_samples, seed=int(p.seed), chunk_points=int(p.chunk_points),
                                  mesh_spacing_bohr=p.mesh_spacing_bohr, device=p.device,
-                                 renormalisation=p.get("renormalisation", "scale"))
+                                 renormalisation=p.renormalisation)
 
     def calculate(self, atoms=None, properties=("density",), system_changes=all_changes):
         Calculator.calculate(self, atoms, properties, system_changes)
