@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from sige_alloys import pearson  # benchmarks/ is on sys.path when a script here runs
-from vacancy_coverage import near_hole, nearest_atom_distance_bohr
+from vacancy_coverage import near_hole, nearest_atom_distance_bohr, region_figures
 
 #: shells of the distance from a grid point to its nearest atom (Bohr)
 SHELL_EDGES_BOHR = (0.0, 2.0, 3.0, 4.0, 5.0, np.inf)
@@ -43,10 +43,7 @@ def shells(err, sigma, epi, dist, edges=SHELL_EDGES_BOHR) -> list[dict]:
         m = (dist >= lo) & (dist < hi)
         if not m.any():
             continue
-        out.append({"from_bohr": lo, "to_bohr": None if np.isinf(hi) else hi, "points": int(m.sum()),
-                    "coverage_3sigma": float(np.mean(np.abs(err[m]) <= 3 * sigma[m])),
-                    "mean_abs_error_over_mean_sigma": float(np.mean(np.abs(err[m])) / np.mean(sigma[m])),
-                    "epistemic_sigma_over_cell_mean": float(np.mean(epi[m]) / np.mean(epi))})
+        out.append({"from_bohr": lo, "to_bohr": None if np.isinf(hi) else hi, **region_figures(err, sigma, epi, m)})
     return out
 
 

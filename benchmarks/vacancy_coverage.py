@@ -32,6 +32,14 @@ def nearest_atom_distance_bohr(snap) -> np.ndarray:
     return cKDTree(images).query(pts)[0]
 
 
+def region_figures(err, sig, epi, mask) -> dict:
+    """Coverage and sigma over the grid points of ``mask`` (flat fields, e/Bohr^3): their count, 3-sigma
+    coverage, mean |error| over mean total sigma, and mean epistemic sigma over the whole cell's."""
+    return {"points": int(mask.sum()), "coverage_3sigma": float(np.mean(np.abs(err[mask]) <= 3 * sig[mask])),
+            "mean_abs_error_over_mean_sigma": float(np.abs(err[mask]).mean() / sig[mask].mean()),
+            "epistemic_sigma_over_cell_mean": float(epi[mask].mean() / epi.mean())}
+
+
 def near_hole(snap, err, sig, epi, dist, radii=(3.0, 4.0)) -> dict:
     """Figures over the grid points within each radius (Bohr) of the centre of the largest empty sphere (the
     grid point farthest from every atom: a vacancy's centre). ``err``, ``sig``, ``epi``: flat fields (error,
@@ -42,11 +50,7 @@ def near_hole(snap, err, sig, epi, dist, radii=(3.0, 4.0)) -> dict:
     r = np.linalg.norm((frac - np.round(frac)) @ cell, axis=1)
     out = {"largest_empty_sphere_bohr": float(dist.max())}
     for radius in radii:
-        m = r < radius
-        out[f"within_{radius:g}_bohr"] = {
-            "points": int(m.sum()), "coverage_3sigma": float(np.mean(np.abs(err[m]) <= 3 * sig[m])),
-            "mean_abs_error_over_mean_sigma": float(np.abs(err[m]).mean() / sig[m].mean()),
-            "epistemic_sigma_over_cell_mean": float(epi[m].mean() / epi.mean())}
+        out[f"within_{radius:g}_bohr"] = region_figures(err, sig, epi, r < radius)
     return out
 
 
