@@ -16,6 +16,7 @@ import numpy as np
 
 from . import descriptor_kernel
 from .descriptors import Descriptors
+from .domain import nearest_atom_columns
 from .grid import Grid
 from .dense_descriptors import DenseDescriptors, compact_sub_blocks
 from .local_descriptors import LOCAL_MIN_ATOMS, LocalDescriptors
@@ -37,8 +38,10 @@ DEFAULT_DEVICE_BATCH_POINTS = 2 ** 16
 DENSE_SUB_BLOCK_POINTS = 512
 #: ways to bring a predicted field to the exact electron count (see :class:`InferenceSettings`)
 RENORMALISATIONS = ("scale", "posterior")
-#: columns of the per-block statistics (all extensive sums except the max)
-STAT_COLUMNS = ("points", "sum_raw", "sum_clipped", "sum_sigma_total", "max_sigma_total", "n_ood")
+#: columns of the per-block statistics (extensive sums, except the maxima and the flat grid index of the node
+#: farthest from every atom); "n_beyond_hole": nodes farther from every atom than any training node
+STAT_COLUMNS = ("points", "sum_raw", "sum_clipped", "sum_sigma_total", "max_sigma_total", "n_ood",
+                "n_beyond_hole", "max_nearest_atom_bohr", "argmax_nearest_atom")
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,7 @@ class Job:
     token: str
     local_tables: bool = False
     device: str | None = None
+    training_hole_bohr: float | None = None
 
     @property
     def grid(self) -> Grid:
@@ -240,13 +244,14 @@ def make_job(model, structure: Structure, grid: Grid, settings: InferenceSetting
     h = hashlib.sha256()
     batch = settings.resolved_batch_points
     parts = [model_digest(model), structure.digest(), grid.cell_bohr.tobytes(), repr(grid.shape),
-             repr(grid.pbc), repr(plan.block), n_samples, settings.seed, batch, local]
+             repr(grid.pbc), repr(plan.block), n_samples, settings.seed, batch, local, STAT_COLUMNS]
     if settings.device is not None:  # another path: float32 rounding differs, so another job
         parts.append(f"device={settings.device}")
     for part in parts:
         h.update(part if isinstance(part, bytes) else str(part).encode())
     return Job(model, structure, grid.cell_bohr, grid.shape, grid.pbc, plan, n_samples, int(settings.seed),
-               batch, model.epistemic_sigma_validation_max, h.hexdigest(), local, settings.device)
+               batch, model.epistemic_sigma_validation_max, h.hexdigest(), local, settings.device,
+               model.training_hole_bohr)
 
 
 @dataclass(eq=False)
@@ -336,6 +341,14 @@ class Block:
     stats: np.ndarray
 
 
+def _hole_stats(near_bohr: np.ndarray, flat: np.ndarray, job: Job) -> tuple[int, float, int]:
+    """(nodes beyond the training cells' largest hole, the largest nearest-atom distance, its flat grid
+    index) of one block, from each node's distance to its nearest atom (:mod:`ase_mlrho.domain`)."""
+    i = int(np.argmax(near_bohr))
+    r = job.training_hole_bohr
+    return (0 if r is None else int(np.count_nonzero(near_bohr > r))), float(near_bohr[i]), int(flat[i])
+
+
 def predict_block(ctx: Context, index: int) -> Block:
     """The raw prediction and statistics of block ``index``."""
     if ctx.predictor is not None:  # the device path, or the compiled kernel on this CPU
@@ -343,17 +356,20 @@ def predict_block(ctx: Context, index: int) -> Block:
     job = ctx.job
     flat = job.plan.flat_indices(index)
     n = flat.size
-    mean, ale, epi = np.empty(n), np.empty(n), np.empty(n)
+    mean, ale, epi, near = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
     source = ctx.block_source(index)
+    cols = nearest_atom_columns(job.model.spec)
     for b0 in range(0, n, job.batch_points):
         b1 = min(b0 + job.batch_points, n)
         d = source.compute(ctx.grid.points_bohr_at(flat[b0:b1]))
         p = job.model.predict(d, weight_sets=ctx.weight_sets)
         mean[b0:b1], ale[b0:b1], epi[b0:b1] = p.mean, p.sigma_aleatoric, p.sigma_epistemic
+        near[b0:b1] = d[:, cols].min(axis=1)
     sig_total = np.sqrt(ale * ale + epi * epi)
     thr = job.ood_threshold_e_per_bohr3
     stats = np.array([n, mean.sum(), np.clip(mean, 0.0, None).sum(), sig_total.sum(), sig_total.max(),
-                      0 if thr is None else np.count_nonzero(epi > thr)], dtype=np.float64)
+                      0 if thr is None else np.count_nonzero(epi > thr), *_hole_stats(near, flat, job)],
+                     dtype=np.float64)
     shape = job.plan.block_shape(index)
     return Block(index, mean.reshape(shape), ale.reshape(shape), epi.reshape(shape), stats)
 
@@ -378,6 +394,8 @@ def _predict_block_dense(ctx: Context, index: int) -> Block:
     points = ctx.grid.points_bohr_at(job.plan.flat_indices(index)[order])
     n = int(order.size)
     mean, ale, epi = (torch.empty(n, dtype=torch.float64, device=dev) for _ in range(3))
+    near = torch.empty(n, dtype=torch.float32, device=dev)
+    cols = nearest_atom_columns(job.model.spec)
     source = ctx.block_source(index)
     per_call = max(1, job.batch_points // DENSE_SUB_BLOCK_POINTS)
     ends = np.cumsum(sizes)
@@ -387,11 +405,14 @@ def _predict_block_dense(ctx: Context, index: int) -> Block:
         groups = np.split(points[lo:hi], ends[g:g + per_call][:-1] - lo)
         d = ctx.dense.compute_blocks(groups) if ctx.dense is not None else source.compute_dense(groups, dev, ctx.engine)
         mean[lo:hi], ale[lo:hi], epi[lo:hi] = ctx.predictor.predict(d)
+        near[lo:hi] = d[:, cols].amin(dim=1)
     back = torch.as_tensor(np.argsort(order), device=dev)  # sub-block order -> the block's C order
     mean, ale, epi = mean[back], ale[back], epi[back]
+    near = near[back].double().cpu().numpy()
     sig_total = torch.sqrt(ale * ale + epi * epi)
     thr = job.ood_threshold_e_per_bohr3
     n_ood = 0 if thr is None else int(torch.count_nonzero(epi > thr))
     stats = np.array([n, float(mean.sum()), float(torch.clamp(mean, min=0.0).sum()),
-                      float(sig_total.sum()), float(sig_total.max()), n_ood], dtype=np.float64)
+                      float(sig_total.sum()), float(sig_total.max()), n_ood,
+                      *_hole_stats(near, job.plan.flat_indices(index), job)], dtype=np.float64)
     return Block(index, *(x.cpu().numpy().reshape(shape) for x in (mean, ale, epi)), stats)

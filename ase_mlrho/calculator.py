@@ -31,6 +31,12 @@ cell -- SPARC's grid rule at the model's mesh spacing, node (0, 0, 0) at the cel
   percentile of the model's validation cells (None when the model file records no such threshold).
   Above 1 % the calculator warns once per structure (:class:`OutOfDistributionWarning`, one line
   with the fraction): the structure is unlike the training cells, treat the density with care.
+* ``beyond_training_fraction`` -- the fraction of grid points farther from every atom than any point of
+  the training cells (None when the model file records no training domain), and ``largest_hole_ang``,
+  the largest distance from a grid point to its nearest atom, Angstrom. When that hole exceeds the
+  training cells' by more than the model's mesh spacing (a di-vacancy in a covalent crystal, a void, a
+  surface's vacuum) the calculator warns once per structure (:class:`OutOfDistributionWarning`, one line
+  with the hole's size and position): the density there is extrapolated (:mod:`ase_mlrho.domain`).
 
 Everything is computed at once and cached until the atoms change (positions, numbers, cell, pbc) or
 a parameter changes (``calc.set(seed=1)``); ``calc.reset()`` clears the cache.
@@ -60,7 +66,8 @@ __all__ = ["MLRhoCalculator", "OutOfDistributionWarning"]
 
 
 class OutOfDistributionWarning(UserWarning):
-    """The structure's epistemic sigma exceeds the model's validation range at many grid points."""
+    """The structure's epistemic sigma exceeds the model's validation range at many grid points, or it has
+    a larger hole than any training cell."""
 
 #: 1 electron/Bohr^3 in electrons/Angstrom^3
 E_PER_BOHR3_TO_E_PER_ANG3 = 1.0 / Bohr ** 3
@@ -85,7 +92,7 @@ class MLRhoCalculator(Calculator):
 
     implemented_properties = ["density", "density_sigma_total", "density_sigma_aleatoric",
                               "density_sigma_epistemic", "electrons_raw", "n_electrons", "expected_eps_percent",
-                              "ood_fraction"]
+                              "ood_fraction", "beyond_training_fraction", "largest_hole_ang"]
     default_parameters = {"n_samples": None, "seed": 0, "chunk_points": InferenceSettings.chunk_points,
                           "mesh_spacing_bohr": None, "executor": "serial", "workers": 1, "device": None,
                           "renormalisation": "scale"}
@@ -126,9 +133,11 @@ class MLRhoCalculator(Calculator):
             "n_electrons": float(f.n_electrons),
             "expected_eps_percent": run.summary.expected_eps_percent,
             "ood_fraction": run.summary.ood_fraction,
+            "beyond_training_fraction": run.summary.beyond_training_fraction,
+            "largest_hole_ang": run.summary.largest_hole_bohr * Bohr,
         }
-        if run.summary.ood_warning:
-            warnings.warn(f"{self.model.name}: {run.summary.ood_warning}", OutOfDistributionWarning, stacklevel=3)
+        for warning in run.summary.warnings:
+            warnings.warn(f"{self.model.name}: {warning}", OutOfDistributionWarning, stacklevel=3)
 
     def set(self, **kwargs):
         """Change parameters (n_samples, seed, chunk_points, ...); any change clears the cache."""

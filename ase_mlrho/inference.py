@@ -48,6 +48,7 @@ import numpy as np
 
 from .blocks import (DEFAULT_BATCH_POINTS, DEFAULT_CHUNK_POINTS, STAT_COLUMNS, ChunkPlan, InferenceSettings,
                      Structure, make_job)
+from .domain import hole_warning
 from .executors import Executor, ExecutorSettings
 from .grid import Grid, InvalidStructureError
 from .sinks import (ARRAY_NAMES, CORE_SINKS, CUBE_SINK, NPZ_SINK, SIGMA_FIELDS, ZARR_FORMAT, ZARR_FORMAT_VERSION,
@@ -124,6 +125,11 @@ class PredictionSummary:
     chunks_resumed: int
     executor: str
     workers: int
+    largest_hole_bohr: float | None = None
+    largest_hole_position_ang: tuple[float, float, float] | None = None
+    training_hole_bohr: float | None = None
+    beyond_training_fraction: float | None = None
+    hole_margin_bohr: float | None = None
 
     @property
     def looks_out_of_distribution(self) -> bool:
@@ -140,9 +146,24 @@ class PredictionSummary:
                 f"{100 * OOD_WARNING_FRACTION:g} % means the structure looks out of distribution): treat the density "
                 "with care")
 
+    @property
+    def hole_warning(self) -> str | None:
+        """The one-line warning of a structure with a larger hole than any training cell, by more than the
+        model's mesh spacing (None when it has none or the model records no training domain;
+        :mod:`ase_mlrho.domain`)."""
+        return hole_warning(self.largest_hole_bohr, self.largest_hole_position_ang, self.training_hole_bohr,
+                            self.hole_margin_bohr or 0.0, self.beyond_training_fraction)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Every warning of this prediction (out-of-distribution sigma, a hole beyond the training domain)."""
+        return [w for w in (self.ood_warning, self.hole_warning) if w]
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["grid_shape"] = list(self.grid_shape)
+        if self.largest_hole_position_ang is not None:
+            d["largest_hole_position_ang"] = list(self.largest_hole_position_ang)
         return d
 
 
@@ -316,6 +337,7 @@ def run_prediction(model, atoms, output=None, settings: InferenceSettings = Infe
             bar.close()
 
     ood = None if job.ood_threshold_e_per_bohr3 is None else float(totals[5] / grid.n_points)
+    hole = _largest_hole(stats, grid, job.training_hole_bohr)
     pred = None
     if acc is not None:
         a = acc.arrays
@@ -324,7 +346,7 @@ def run_prediction(model, atoms, output=None, settings: InferenceSettings = Infe
                                    electrons_raw, factor)
     try:
         if sink == "zarr":
-            group.attrs.update({"complete": True, "ood_fraction": ood})
+            group.attrs.update({"complete": True, "ood_fraction": ood, **hole})
             if path.exists():  # --overwrite: the old store goes only now that the new one is complete
                 shutil.rmtree(path)
             os.replace(partial_path(path), path)
@@ -345,8 +367,24 @@ def run_prediction(model, atoms, output=None, settings: InferenceSettings = Infe
         expected_eps_percent=expected_eps_percent(float(totals[3] * factor), grid.dv_bohr3, n_electrons),
         ood_fraction=ood, ood_threshold_e_per_bohr3=job.ood_threshold_e_per_bohr3,
         output=None if path is None else str(path), chunks=plan.n_chunks, chunks_resumed=resumed,
-        executor=executor.kind, workers=1 if executor.kind == "serial" else executor.workers)
+        executor=executor.kind, workers=1 if executor.kind == "serial" else executor.workers,
+        **hole, hole_margin_bohr=model.mesh_spacing_bohr)
     return PredictionRun(summary, pred)
+
+
+def _largest_hole(stats: np.ndarray, grid: Grid, training_hole_bohr: float | None) -> dict:
+    """The largest hole of the structure (the node farthest from every atom: its distance and Cartesian
+    position in Angstrom) and the fraction of nodes beyond the training cells' largest hole, from the
+    per-block statistics."""
+    from ase.units import Bohr
+
+    cols = {c: i for i, c in enumerate(STAT_COLUMNS)}
+    b = int(np.argmax(stats[:, cols["max_nearest_atom_bohr"]]))
+    flat = int(stats[b, cols["argmax_nearest_atom"]])
+    position = tuple(float(x) * Bohr for x in grid.points_bohr_at(np.array([flat]))[0])
+    beyond = None if training_hole_bohr is None else float(stats[:, cols["n_beyond_hole"]].sum() / grid.n_points)
+    return {"largest_hole_bohr": float(stats[b, cols["max_nearest_atom_bohr"]]), "largest_hole_position_ang": position,
+            "training_hole_bohr": training_hole_bohr, "beyond_training_fraction": beyond}
 
 
 def validate_structure(model, atoms) -> Structure:

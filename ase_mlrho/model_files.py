@@ -84,6 +84,12 @@ class MLRhoModel:
         v = self.metadata.get("epistemic_sigma_validation", {}).get("p999_e_per_bohr3")
         return None if v is None else float(v)
 
+    @property
+    def training_hole_bohr(self) -> float | None:
+        """The largest hole of the training cells (Bohr; :mod:`ase_mlrho.domain`), None when unrecorded."""
+        v = self.metadata.get("training_domain", {}).get("largest_hole_bohr")
+        return None if v is None else float(v)
+
     def check_species(self, numbers) -> None:
         """Raise :class:`UnknownSpeciesError` if the structure has elements the model does not know."""
         unknown = unknown_species(self.species, numbers)

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 
 from .descriptors import Descriptors, DescriptorSpec
+from .domain import METADATA_KEY as DOMAIN_KEY
+from .domain import training_domain_metadata
 from .model import DensityEnsemble, DensityNetwork, NetworkConfig
 from .model_files import MLRhoModel
 from .uncertainty import calibrated_scale, coverage, miscalibration_area
@@ -192,6 +194,7 @@ def train_model(train_snapshots, val_snapshots, spec: DescriptorSpec, net_config
         "lineage": [],
     }
     metadata.update(_species_metadata(spec, train_snapshots))
+    metadata[DOMAIN_KEY] = training_domain_metadata(train_snapshots)
     metadata.update(extra_metadata or {})
     return MLRhoModel(network, metadata)
 

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 
 from .descriptors import DescriptorSpec
+from .domain import METADATA_KEY as DOMAIN_KEY
+from .domain import training_domain_metadata
 from .files import file_sha256
 from .model import DensityEnsemble
 from .model_files import MLRhoModel, network_sha256
@@ -186,6 +188,7 @@ def finetune_model(base: MLRhoModel, train_snapshots, val_snapshots, n_frozen: i
         "lineage": list(copy.deepcopy(base_meta.get("lineage", []))) + [lineage_entry],
     })
     metadata["calibration"]["base_sigma_scale"] = float(base.network.sigma_scale)
+    metadata[DOMAIN_KEY] = training_domain_metadata(train_snapshots, base_meta.get(DOMAIN_KEY))
     metadata.update(extra_metadata or {})
     network.eval()
     return MLRhoModel(network, metadata)

@@ -14,6 +14,10 @@ predicts each density on the SPARC grid and the script reports, per cell:
   A vacancy or a surface is where points lie far from every atom; bulk points stay within about half a
   bond length (Al fcc: 3.83 Bohr at the octahedral hole; diamond Si: 4.4 Bohr at the tetrahedral hole).
 
+* the warnings ``mlrho predict`` would print: the epistemic out-of-distribution fraction above 1 %, and a
+  hole larger than any training cell's by more than the model's mesh spacing (:mod:`ase_mlrho.domain`),
+  with the coverage over the points farther from every atom than any training point.
+
 Across cells: Pearson(eps, mean epistemic sigma), in e/Bohr^3 as issue 14 words it, and per electron.
 
     python benchmarks/unlike_training.py -m al-pbe --group bulk data/sparc/al_kpts/test \\
@@ -53,6 +57,14 @@ def _hole_text(h: dict) -> str:
             f"{w['epistemic_sigma_over_cell_mean']:.2f}")
 
 
+def _beyond_text(b: dict | None) -> str:
+    return "none" if b is None else f"{b['points']}, {b['coverage_3sigma']:.3f}"
+
+
+def _warnings_text(r: dict) -> str:
+    return ", ".join(w for w, on in (("OOD", r["warns_ood"]), ("hole", r["warns_hole"])) if on) or "none"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-m", "--model", required=True)
@@ -63,12 +75,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from ase_mlrho.evaluation import eps_rho_percent, evaluate_snapshots
-    from ase_mlrho.inference import renormalise_posterior
+    from ase_mlrho.inference import OOD_WARNING_FRACTION, renormalise_posterior
     from ase_mlrho.model_files import load_model
     from sparc_bridge.snapshots import find_run_directories, load_snapshot
 
     model = load_model(args.model)
     threshold = model.epistemic_sigma_validation_max
+    r_train = model.training_hole_bohr
     rows = []
     for name, *dirs in args.group:
         for d in find_run_directories(dirs):
@@ -86,6 +99,11 @@ def main(argv=None) -> int:
                          "ood_fraction": None if threshold is None else float(np.mean(epi > threshold)),
                          "sigma_epistemic_max_over_threshold": None if threshold is None else float(epi.max() / threshold),
                          "shells": shells(err, sig, epi, dist), "hole": near_hole(snap, err, sig, epi, dist),
+                         "largest_hole_bohr": float(dist.max()), "training_hole_bohr": r_train,
+                         "warns_ood": bool(threshold is not None and np.mean(epi > threshold) > OOD_WARNING_FRACTION),
+                         "warns_hole": bool(r_train is not None and dist.max() > r_train + model.mesh_spacing_bohr),
+                         "beyond_training": (None if r_train is None or not np.any(dist > r_train) else
+                                             region_figures(err, sig, epi, dist > r_train)),
                          "posterior": {"eps_rho_percent": eps_rho_percent(err_post, snap.grid.dv_bohr3, snap.n_electrons),
                                        "coverage_3sigma": float(np.mean(np.abs(err_post) <= 3 * sig / f))}})
     ref = np.mean([r["sigma_epistemic_mean_e_per_bohr3"] for r in rows if r["group"] == args.group[0][0]])
@@ -96,8 +114,9 @@ def main(argv=None) -> int:
           f"{threshold:.3g} e/Bohr^3; epistemic sigma relative to the mean of group '{args.group[0][0]}'\n")
     print("| cell | group | atoms | eps % | eps_exp % | cov 3σ | posterior renormalisation: eps %, cov 3σ | σ_epi | σ_epi / ref | OOD % | max σ_epi / p99.9 | "
           "far from atoms (> 4 Bohr): points, cov 3σ, |err|/σ, σ_epi / cell's | "
-          "within 3 Bohr of the largest hole: radius, cov 3σ, |err|/σ, σ_epi / cell's |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "within 3 Bohr of the largest hole: radius, cov 3σ, |err|/σ, σ_epi / cell's | "
+          f"beyond the training hole ({r_train:.2f} Bohr): points, cov 3σ | warnings |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         far = [s for s in r["shells"] if s["from_bohr"] >= 4.0]
         n_far = sum(s["points"] for s in far)
@@ -111,7 +130,8 @@ def main(argv=None) -> int:
               f"{r['expected_eps_percent']:.3f} | {r['coverage_3sigma']:.4f} | "
               f"{r['posterior']['eps_rho_percent']:.3f}, {r['posterior']['coverage_3sigma']:.4f} | "
               f"{r['sigma_epistemic_mean_e_per_bohr3']:.2e} | {r['sigma_epistemic_over_reference']:.2f} | "
-              f"{100 * (r['ood_fraction'] or 0):.2f} | {r['sigma_epistemic_max_over_threshold'] or 0:.2f} | {far_text} | {_hole_text(r['hole'])} |")
+              f"{100 * (r['ood_fraction'] or 0):.2f} | {r['sigma_epistemic_max_over_threshold'] or 0:.2f} | {far_text} | "
+              f"{_hole_text(r['hole'])} | {_beyond_text(r['beyond_training'])} | {_warnings_text(r)} |")
     eps = [r["eps_rho_percent"] for r in rows]
     summary = {"model": args.model, "cells": len(rows), "ood_threshold_e_per_bohr3": threshold,
                "pearson_eps_vs_mean_sigma_epi": pearson(eps, [r["sigma_epistemic_mean_e_per_bohr3"] for r in rows]),

@@ -15,6 +15,7 @@ from ase.units import Bohr
 from ase_mlrho.blocks import box_flat_indices
 from ase_mlrho.dense_descriptors import DenseDescriptors, compact_sub_blocks
 from ase_mlrho.descriptors import Descriptors
+from ase_mlrho.domain import largest_hole
 from ase_mlrho.grid import Grid
 from ase_mlrho.inference import InferenceSettings, run_prediction
 from ase_mlrho.model import DensityEnsemble
@@ -149,6 +150,7 @@ def test_cpu_and_device_paths_match_the_float64_reference():
     # ~1e-4 relative (4.6e-5 here and 5.7e-5 on the dense path with the shipped weights, 8.8e-5 and 1.2e-4 with
     # session 7's); the density and aleatoric sigma do not depend on that choice
     ref_mean, ref_ale, ref_epi = _float64_field(model, atoms, grid, 8, seed=5)
+    hole, flat = largest_hole(atoms, grid)  # the vacancy's hole, from a k-d tree over the atoms
     for device, tables in ((None, "structure"), (None, "block"), ("cpu", "structure")):
         run = run_prediction(model, atoms, None, InferenceSettings(n_samples=8, seed=5, device=device,
                                                                    chunk_points=20000, neighbour_tables=tables))
@@ -161,6 +163,10 @@ def test_cpu_and_device_paths_match_the_float64_reference():
         # rounding leaves it ~2e-5 relative (measured 1.7e-5 on the k-d tree path, 2.4e-5 on the dense one)
         epi = f.sigma_epistemic.reshape(-1) / f.renormalisation_factor
         np.testing.assert_allclose(epi, ref_epi, rtol=1e-4)
+        # the nearest-atom distance every path reads from its descriptors
+        assert run.summary.largest_hole_bohr == pytest.approx(hole, rel=1e-6)
+        np.testing.assert_allclose(run.summary.largest_hole_position_ang,
+                                   grid.points_bohr_at(np.array([flat]))[0] * Bohr, atol=1e-12)
 
 
 def _real_descriptors(model, n_points: int = 700) -> np.ndarray:

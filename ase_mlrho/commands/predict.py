@@ -100,8 +100,8 @@ def run(args) -> int:
         return _fail(exc)
     s = result.summary
     total_s = time.perf_counter() - t_start
-    if s.ood_warning:
-        print(f"mlrho predict: warning: {s.ood_warning}", file=sys.stderr)
+    for warning in s.warnings:
+        print(f"mlrho predict: warning: {warning}", file=sys.stderr)
     if args.json:
         keys = ("natoms", "grid_shape", "n_electrons", "electrons_raw", "seconds", "points_per_second",
                 "sigma_total_max_e_per_bohr3", "sigma_total_mean_e_per_bohr3", "expected_eps_percent", "ood_fraction",
@@ -109,7 +109,9 @@ def run(args) -> int:
         d = s.to_dict()
         report = {k: d[k] for k in keys}
         report.update({k: d[k] for k in ("n_points", "renormalisation_factor", "ood_threshold_e_per_bohr3",
-                                           "chunks", "chunks_resumed", "executor", "workers")})
+                                           "largest_hole_bohr", "largest_hole_position_ang", "training_hole_bohr",
+                                           "beyond_training_fraction", "chunks", "chunks_resumed", "executor",
+                                           "workers")})
         report["model"] = model.name
         report["command_seconds"] = total_s  # the whole command: start-up, model loading, prediction, output
         print(json.dumps(report))
@@ -128,5 +130,11 @@ def run(args) -> int:
         print(f"expected error {s.expected_eps_percent:.2g} % per electron (the eps against DFT that the sigma predicts: "
               "sqrt(2/pi) int sigma dV / N_e)")
         print(f"epistemic OOD  {ood}")
+        x, y, z = s.largest_hole_position_ang
+        reach = "the model records no training domain" if s.training_hole_bohr is None else (
+            f"the training cells reached {s.training_hole_bohr:.2f} Bohr; {100 * s.beyond_training_fraction:.3g} % of "
+            "points lie farther from every atom")
+        print(f"largest hole   {s.largest_hole_bohr:.2f} Bohr from every atom at ({x:.2f}, {y:.2f}, {z:.2f}) Angstrom; "
+              f"{reach}")
         print(f"output         {s.output or '(none: pass -o OUT.zarr|.cube|.dens|.npz to keep the field)'}")
     return 0
