@@ -70,7 +70,9 @@ class DensitySettings:
 @dataclass(frozen=True)
 class CandidateScore:
     """One candidate structure: where it came from (file, frame), its size and its uncertainty figures
-    (e/Bohr^3; ``ood_fraction`` None when the model records no validation threshold)."""
+    (e/Bohr^3; ``ood_fraction`` None when the model records no validation threshold), its largest hole
+    (Bohr) and the fraction of points beyond the training cells' (:mod:`ase_mlrho.domain`; None when the
+    model records no training domain)."""
 
     source: str
     frame: int
@@ -83,6 +85,8 @@ class CandidateScore:
     sigma_epistemic_typical_e_per_bohr3: float | None = None
     by: str = "sigma"
     epistemic_eps_percent: float | None = None
+    largest_hole_bohr: float | None = None
+    beyond_training_fraction: float | None = None
 
     @property
     def score(self) -> float:
@@ -115,13 +119,15 @@ def score_candidates(model, candidates, settings: InferenceSettings = InferenceS
     n_points = density.points_for(len(candidates))
     out, sampled = [], []
     for i, (source, frame, atoms) in enumerate(candidates):
-        field = run_prediction(model, atoms, None, settings).field
+        run = run_prediction(model, atoms, None, settings)
+        field, summary = run.field, run.summary
         epi = field.sigma_epistemic
         out.append(CandidateScore(
             str(source), int(frame), len(atoms), atoms.get_chemical_formula(), float(epi.mean()), float(epi.max()),
             float(field.sigma_aleatoric.mean()),
             None if threshold is None else float(np.mean(epi / field.renormalisation_factor > threshold)), by=by,
-            epistemic_eps_percent=expected_eps_percent(float(epi.sum()), field.grid.dv_bohr3, field.n_electrons)))
+            epistemic_eps_percent=expected_eps_percent(float(epi.sum()), field.grid.dv_bohr3, field.n_electrons),
+            largest_hole_bohr=summary.largest_hole_bohr, beyond_training_fraction=summary.beyond_training_fraction))
         if by == "density":
             rng = np.random.default_rng([density.seed, i])
             idx = rng.choice(epi.size, size=min(n_points, epi.size), replace=False)

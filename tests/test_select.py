@@ -11,6 +11,7 @@ import pytest
 from ase.build import bulk
 from ase.io import write
 
+from ase_mlrho.domain import largest_hole
 from ase_mlrho.cli import main
 from ase_mlrho.inference import InferenceSettings, run_prediction
 from ase_mlrho.model_files import load_model
@@ -35,12 +36,15 @@ def test_select_ranks_by_mean_epistemic_sigma(toy_model_path, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert json.loads(manifest.read_text()) == report
     model = load_model(toy_model_path)
-    expected = {}
+    expected, holes = {}, {}
     for name, frame, atoms in (("seen.xyz", 0, seen), ("traj.xyz", 0, stretched), ("traj.xyz", 1, squeezed)):
         field = run_prediction(model, atoms, None, InferenceSettings(seed=3)).field
         expected[(name, frame)] = float(field.sigma_epistemic.mean())
+        holes[(name, frame)] = largest_hole(atoms, field.grid)[0]  # a k-d tree over the atoms
     got = {(c["source"].split("/")[-1], c["frame"]): c["score"] for c in report["candidates"]}
     assert got == pytest.approx(expected, rel=1e-12)
+    got = {(c["source"].split("/")[-1], c["frame"]): c["largest_hole_bohr"] for c in report["candidates"]}
+    assert got == pytest.approx(holes, rel=1e-6)
     scores = [c["score"] for c in report["candidates"]]
     assert scores == sorted(scores, reverse=True)  # most uncertain first
     order = sorted(expected, key=lambda k: -expected[k])

@@ -96,5 +96,7 @@ def run(args) -> int:
         return 0
     for c in chosen:
         ood = "" if c.ood_fraction is None else f", {100 * c.ood_fraction:.2g} % of points above the validation p99.9"
-        print(f"{c.source} {c.frame} {c.score:.4e}  ({c.formula}{ood})")
+        hole = "" if not c.beyond_training_fraction else \
+            f", a hole of {c.largest_hole_bohr:.2f} Bohr beyond the training cells' ({100 * c.beyond_training_fraction:.2g} % of points)"
+        print(f"{c.source} {c.frame} {c.score:.4e}  ({c.formula}{ood}{hole})")
     return 0
