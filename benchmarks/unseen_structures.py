@@ -6,6 +6,10 @@ along z) of the 32-atom fcc Al cell (a = 4.05 A) and of the 64-atom Si32Ge32 cel
 thermalises and computes them (commands in ``data/README.md``); strained and hotter cells need no file.
 
     python benchmarks/unseen_structures.py [OUT_DIR]     # default data/sparc/unseen/structures
+
+``--divacancies [OUT_DIR]`` writes instead the SiGe di-vacancies of session 14 (default
+data/sparc/sige/divac/structures): x = 0.3 / 0.5 / 0.7 with occupation seeds 71 / 72 / 73 (training cells of
+``sige-pbe``) and x = 0.4 with seed 74 (held out), each on its Vegard lattice.
 """
 
 from __future__ import annotations
@@ -34,20 +38,42 @@ def slab(atoms, vacuum_ang: float = 10.0):
     return atoms
 
 
+#: the SiGe di-vacancies of session 14: (x, occupation seed)
+DIVACANCIES = ((0.3, 71), (0.5, 72), (0.7, 73), (0.4, 74))
+
+
+def sige_divacancies() -> dict:
+    """File name -> structure of the SiGe di-vacancies in :data:`DIVACANCIES` (Vegard lattices)."""
+    from selection_study import vegard_a_ang  # benchmarks/ is on sys.path when a script here runs
+    from sparc_bridge.sampling import BulkSpec
+
+    out = {}
+    for x, seed in DIVACANCIES:
+        spec = BulkSpec("Si", "diamond", vegard_a_ang(x), 2, "Ge", x, 0)
+        out[f"sige_x={x}_divac_s{seed}.xyz"] = divacancy(spec.decorate(spec.build(), seed))
+    return out
+
+
 def main(argv=None) -> int:
     from ase.build import bulk
     from ase.io import write
 
     from sparc_bridge.sampling import BulkSpec
 
-    argv = sys.argv[1:] if argv is None else argv
-    out = Path(argv[0]) if argv else ROOT / "data" / "sparc" / "unseen" / "structures"
+    argv = sys.argv[1:] if argv is None else list(argv)
+    divacancies = "--divacancies" in argv
+    argv = [a for a in argv if a != "--divacancies"]
+    default = ROOT / "data" / "sparc" / ("sige/divac/structures" if divacancies else "unseen/structures")
+    out = Path(argv[0]) if argv else default
     out.mkdir(parents=True, exist_ok=True)
-    al = bulk("Al", "fcc", a=4.05, cubic=True).repeat(2)
-    spec = BulkSpec("Si", "diamond", 5.544, 2, "Ge", 0.5, 0)
-    files = {"al_divac.xyz": divacancy(al), "al_slab100.xyz": slab(al),
-             "sige_divac.xyz": divacancy(spec.decorate(spec.build(), 61)),
-             "sige_slab100.xyz": slab(spec.decorate(spec.build(), 65))}
+    if divacancies:
+        files = sige_divacancies()
+    else:
+        al = bulk("Al", "fcc", a=4.05, cubic=True).repeat(2)
+        spec = BulkSpec("Si", "diamond", 5.544, 2, "Ge", 0.5, 0)
+        files = {"al_divac.xyz": divacancy(al), "al_slab100.xyz": slab(al),
+                 "sige_divac.xyz": divacancy(spec.decorate(spec.build(), 61)),
+                 "sige_slab100.xyz": slab(spec.decorate(spec.build(), 65))}
     for name, atoms in files.items():
         write(out / name, atoms, format="extxyz")
         print(f"{name}: {atoms.get_chemical_formula()}, cell {np.round(atoms.cell.lengths(), 3).tolist()} A")
