@@ -5,11 +5,12 @@ empty sphere of its training cells (a vacancy's centre, the octahedral hole of a
 structure with a larger hole -- a di-vacancy in a covalent crystal, a void, the vacuum above a
 surface -- asks the model about points farther from every atom than any it was trained on. There the
 density is extrapolated, and the epistemic sigma need not know it: measured on a held-out SiGe
-di-vacancy (benchmarks/README.md, "Cells unlike the training set"), the 3-sigma coverage within 3 Bohr
-of its 5.47 Bohr hole was 0.91 while fewer than 0.3 % of the cell's points exceeded the epistemic
-out-of-distribution threshold, so the per-cell fraction never warned. The hole is a local signal
-that does, and it costs nothing: a point's distance to its nearest atom is the first Set I distance
-of its descriptor (the smallest over species).
+di-vacancy with session 13's sige-pbe (benchmarks/README.md, "Cells unlike the training set"), the
+3-sigma coverage within 3 Bohr of its 5.47 Bohr hole was 0.91 while fewer than 0.3 % of the cell's
+points exceeded the epistemic out-of-distribution threshold, so the per-cell fraction never warned. The
+hole is a local signal that does (it led to the di-vacancies in sige-pbe's training data since), and it
+costs nothing: a point's distance to its nearest atom is the first Set I distance of its descriptor (the
+smallest over species).
 
 * :func:`nearest_atom_distance_bohr` -- distance from points to the nearest atom (periodic images).
 * :func:`largest_hole` -- the largest such distance over a grid, and where.
