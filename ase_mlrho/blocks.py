@@ -391,7 +391,8 @@ def _predict_block_dense(ctx: Context, index: int) -> Block:
     shape = job.plan.block_shape(index)
     dev = torch.device(job.device or "cpu")
     order, sizes = ctx.sub_block_orders.setdefault(shape, _sub_block_order(shape, DENSE_SUB_BLOCK_POINTS))
-    points = ctx.grid.points_bohr_at(job.plan.flat_indices(index)[order])
+    flat = job.plan.flat_indices(index)
+    points = ctx.grid.points_bohr_at(flat[order])
     n = int(order.size)
     mean, ale, epi = (torch.empty(n, dtype=torch.float64, device=dev) for _ in range(3))
     near = torch.empty(n, dtype=torch.float32, device=dev)
@@ -414,5 +415,5 @@ def _predict_block_dense(ctx: Context, index: int) -> Block:
     n_ood = 0 if thr is None else int(torch.count_nonzero(epi > thr))
     stats = np.array([n, float(mean.sum()), float(torch.clamp(mean, min=0.0).sum()),
                       float(sig_total.sum()), float(sig_total.max()), n_ood,
-                      *_hole_stats(near, job.plan.flat_indices(index), job)], dtype=np.float64)
+                      *_hole_stats(near, flat, job)], dtype=np.float64)
     return Block(index, *(x.cpu().numpy().reshape(shape) for x in (mean, ale, epi)), stats)

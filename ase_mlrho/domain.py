@@ -31,7 +31,7 @@ from .descriptors import DescriptorSpec
 from .neighbors import PeriodicNeighbors
 
 __all__ = ["nearest_atom_distance_bohr", "largest_hole", "training_domain_metadata", "nearest_atom_columns",
-           "hole_warning", "HOLE_METHOD", "METADATA_KEY"]
+           "hole_warning", "beyond_training_domain", "HOLE_METHOD", "METADATA_KEY"]
 
 METADATA_KEY = "training_domain"
 HOLE_METHOD = ("largest distance from a node of a training cell's SPARC grid to its nearest atom (periodic "
@@ -78,11 +78,19 @@ def nearest_atom_columns(spec: DescriptorSpec) -> list[int]:
     return [b * spec.n_per_species for b in range(len(spec.species))]
 
 
+def beyond_training_domain(largest_hole_bohr: float | None, training_hole_bohr: float | None,
+                           margin_bohr: float) -> bool:
+    """Whether a structure's largest hole exceeds the training cells' by more than ``margin_bohr`` (False
+    when either is unknown): the rule behind :func:`hole_warning`."""
+    return (training_hole_bohr is not None and largest_hole_bohr is not None
+            and largest_hole_bohr > training_hole_bohr + margin_bohr)
+
+
 def hole_warning(largest_hole_bohr: float | None, position_ang, training_hole_bohr: float | None,
                  margin_bohr: float, beyond_fraction: float | None) -> str | None:
     """The one-line warning of a structure with a larger hole than any training cell (None otherwise,
     or when the model records no training domain)."""
-    if training_hole_bohr is None or largest_hole_bohr is None or largest_hole_bohr <= training_hole_bohr + margin_bohr:
+    if not beyond_training_domain(largest_hole_bohr, training_hole_bohr, margin_bohr):
         return None
     x, y, z = position_ang
     return (f"a hole of {largest_hole_bohr:.2f} Bohr (farthest point from every atom, at {x:.2f}, {y:.2f}, {z:.2f} "

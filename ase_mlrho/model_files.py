@@ -26,6 +26,7 @@ from ase.data import chemical_symbols
 
 from . import __version__
 from .descriptors import DescriptorSpec, UnknownSpeciesError, unknown_species
+from .domain import METADATA_KEY as DOMAIN_KEY
 from .model import DensityEnsemble, DensityNetwork, NetworkConfig, Prediction
 
 __all__ = ["MLRhoModel", "ModelFileError", "load_model", "save_model", "shipped_models", "metadata_entry", "FORMAT_VERSION"]
@@ -87,7 +88,7 @@ class MLRhoModel:
     @property
     def training_hole_bohr(self) -> float | None:
         """The largest hole of the training cells (Bohr; :mod:`ase_mlrho.domain`), None when unrecorded."""
-        v = self.metadata.get("training_domain", {}).get("largest_hole_bohr")
+        v = self.metadata.get(DOMAIN_KEY, {}).get("largest_hole_bohr")
         return None if v is None else float(v)
 
     def check_species(self, numbers) -> None:

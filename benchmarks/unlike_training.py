@@ -74,6 +74,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write all figures to this JSON file")
     args = ap.parse_args(argv)
 
+    from ase_mlrho.domain import beyond_training_domain
     from ase_mlrho.evaluation import eps_rho_percent, evaluate_snapshots
     from ase_mlrho.inference import OOD_WARNING_FRACTION, renormalise_posterior
     from ase_mlrho.model_files import load_model
@@ -90,18 +91,19 @@ def main(argv=None) -> int:
             err = (pred.density - snap.density_e_per_bohr3).ravel()
             epi, sig = pred.sigma_epistemic.ravel(), pred.sigma_total.ravel()
             dist = nearest_atom_distance_bohr(snap)
+            ood = None if threshold is None else float(np.mean(epi > threshold))
             # the same prediction brought to the electron count the other way (renormalisation "posterior")
             f = pred.renormalisation_factor
             post, _ = renormalise_posterior(pred.density / f, (pred.sigma_total / f) ** 2, snap.grid.dv_bohr3,
                                             snap.n_electrons)
             err_post = (post - snap.density_e_per_bohr3).ravel()
             rows.append({"group": name, **m.to_dict(), "natoms": len(snap.atoms),
-                         "ood_fraction": None if threshold is None else float(np.mean(epi > threshold)),
+                         "ood_fraction": ood,
                          "sigma_epistemic_max_over_threshold": None if threshold is None else float(epi.max() / threshold),
                          "shells": shells(err, sig, epi, dist), "hole": near_hole(snap, err, sig, epi, dist),
                          "largest_hole_bohr": float(dist.max()), "training_hole_bohr": r_train,
-                         "warns_ood": bool(threshold is not None and np.mean(epi > threshold) > OOD_WARNING_FRACTION),
-                         "warns_hole": bool(r_train is not None and dist.max() > r_train + model.mesh_spacing_bohr),
+                         "warns_ood": ood is not None and ood > OOD_WARNING_FRACTION,
+                         "warns_hole": beyond_training_domain(float(dist.max()), r_train, model.mesh_spacing_bohr),
                          "beyond_training": (None if r_train is None or not np.any(dist > r_train) else
                                              region_figures(err, sig, epi, dist > r_train)),
                          "posterior": {"eps_rho_percent": eps_rho_percent(err_post, snap.grid.dv_bohr3, snap.n_electrons),

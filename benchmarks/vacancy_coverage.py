@@ -21,15 +21,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def nearest_atom_distance_bohr(snap) -> np.ndarray:
-    """Distance (Bohr) from every grid point to its nearest atom, periodic images counted (a k-d tree over the
-    atoms of the 27 neighbouring cells: exact where the distances asked are below every cell width)."""
+    """Distance (Bohr) from every grid point of a snapshot to its nearest atom, periodic images counted
+    (:func:`ase_mlrho.domain.nearest_atom_distance_bohr`, the package's neighbour search)."""
     from ase.units import Bohr
-    from scipy.spatial import cKDTree
 
-    pts = snap.grid.points_bohr_at(np.arange(snap.grid.n_points))
-    shifts = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)]) @ snap.grid.cell_bohr
-    images = (snap.atoms.get_positions()[None, :, :] / Bohr + shifts[:, None, :]).reshape(-1, 3)
-    return cKDTree(images).query(pts)[0]
+    from ase_mlrho.domain import nearest_atom_distance_bohr as distances
+
+    grid = snap.grid
+    return distances(snap.atoms.get_positions() / Bohr, grid.cell_bohr, grid.pbc, grid.points_bohr(0, grid.n_points))
 
 
 def region_figures(err, sig, epi, mask) -> dict:
