@@ -10,6 +10,13 @@ thermalises and computes them (commands in ``data/README.md``); strained and hot
 ``--divacancies [OUT_DIR]`` writes instead the SiGe di-vacancies of session 14 (default
 data/sparc/sige/divac/structures): x = 0.3 / 0.5 / 0.7 with occupation seeds 71 / 72 / 73 (training cells of
 ``sige-pbe``) and x = 0.4 with seed 74 (held out), each on its Vegard lattice.
+
+``--al-slabs [OUT_DIR]`` writes the aluminium slabs of session 15 (default data/sparc/al_kpts/slab_structures):
+free (100), (110) and (111) surfaces of fcc Al (a = 4.05 A), 32 atoms each with 10 A of vacuum, in orthogonal
+cells (SPARC's non-orthogonal Laplacian made a hexagonal (111) cell several times slower): (100) and (110)
+8 layers of 4 atoms, (111) 4 layers of 8. ``al-pbe`` trains on the first two and is tested on (111), an
+orientation it never saw, and on the (100) slab of ``data/sparc/unseen`` (``data/README.md`` has the
+``mlrho datagen`` lines).
 """
 
 from __future__ import annotations
@@ -54,6 +61,19 @@ def sige_divacancies() -> dict:
     return out
 
 
+def al_slabs() -> dict:
+    """File name -> the Al slabs of session 15: (100), (110), (111), 32 atoms, 10 A of vacuum, orthogonal cells."""
+    from ase.build import bulk, fcc110, fcc111
+
+    al = bulk("Al", "fcc", a=4.05, cubic=True).repeat(2)
+    out = {"al_slab100.xyz": slab(al),
+           "al_slab111.xyz": fcc111("Al", (2, 4, 4), a=4.05, vacuum=5.0, orthogonal=True, periodic=True),
+           "al_slab110.xyz": fcc110("Al", (2, 2, 8), a=4.05, vacuum=5.0, periodic=True)}
+    for atoms in out.values():
+        atoms.info.clear()  # ase.build's adsorbate_info does not survive extxyz
+    return out
+
+
 def main(argv=None) -> int:
     from ase.build import bulk
     from ase.io import write
@@ -61,13 +81,16 @@ def main(argv=None) -> int:
     from sparc_bridge.sampling import BulkSpec
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    divacancies = "--divacancies" in argv
-    argv = [a for a in argv if a != "--divacancies"]
-    default = ROOT / "data" / "sparc" / ("sige/divac/structures" if divacancies else "unseen/structures")
+    divacancies, slabs = "--divacancies" in argv, "--al-slabs" in argv
+    argv = [a for a in argv if a not in ("--divacancies", "--al-slabs")]
+    default = ROOT / "data" / "sparc" / ("sige/divac/structures" if divacancies else
+                                         "al_kpts/slab_structures" if slabs else "unseen/structures")
     out = Path(argv[0]) if argv else default
     out.mkdir(parents=True, exist_ok=True)
     if divacancies:
         files = sige_divacancies()
+    elif slabs:
+        files = al_slabs()
     else:
         al = bulk("Al", "fcc", a=4.05, cubic=True).repeat(2)
         spec = BulkSpec("Si", "diamond", 5.544, 2, "Ge", 0.5, 0)
