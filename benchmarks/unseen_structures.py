@@ -45,6 +45,24 @@ def slab(atoms, vacuum_ang: float = 10.0):
     return atoms
 
 
+def al_fcc32():
+    """The 32-atom fcc Al cell (a = 4.05 A, the cubic cell repeated twice) the Al structures start from."""
+    from ase.build import bulk
+
+    return bulk("Al", "fcc", a=4.05, cubic=True).repeat(2)
+
+
+def unseen_cells() -> dict:
+    """File name -> the structures of session 13: Al and Si32Ge32 (x = 0.5) di-vacancies and (100) slabs."""
+    from sparc_bridge.sampling import BulkSpec
+
+    al = al_fcc32()
+    spec = BulkSpec("Si", "diamond", 5.544, 2, "Ge", 0.5, 0)
+    return {"al_divac.xyz": divacancy(al), "al_slab100.xyz": slab(al),
+            "sige_divac.xyz": divacancy(spec.decorate(spec.build(), 61)),
+            "sige_slab100.xyz": slab(spec.decorate(spec.build(), 65))}
+
+
 #: the SiGe di-vacancies of session 14: (x, occupation seed)
 DIVACANCIES = ((0.3, 71), (0.5, 72), (0.7, 73), (0.4, 74))
 
@@ -63,10 +81,9 @@ def sige_divacancies() -> dict:
 
 def al_slabs() -> dict:
     """File name -> the Al slabs of session 15: (100), (110), (111), 32 atoms, 10 A of vacuum, orthogonal cells."""
-    from ase.build import bulk, fcc110, fcc111
+    from ase.build import fcc110, fcc111
 
-    al = bulk("Al", "fcc", a=4.05, cubic=True).repeat(2)
-    out = {"al_slab100.xyz": slab(al),
+    out = {"al_slab100.xyz": slab(al_fcc32()),
            "al_slab111.xyz": fcc111("Al", (2, 4, 4), a=4.05, vacuum=5.0, orthogonal=True, periodic=True),
            "al_slab110.xyz": fcc110("Al", (2, 2, 8), a=4.05, vacuum=5.0, periodic=True)}
     for atoms in out.values():
@@ -74,30 +91,22 @@ def al_slabs() -> dict:
     return out
 
 
+#: command-line flag -> (structure set, default folder under data/sparc); no flag: the unseen cells
+STRUCTURE_SETS = {None: (unseen_cells, "unseen/structures"),
+                  "--divacancies": (sige_divacancies, "sige/divac/structures"),
+                  "--al-slabs": (al_slabs, "al_kpts/slab_structures")}
+
+
 def main(argv=None) -> int:
-    from ase.build import bulk
     from ase.io import write
 
-    from sparc_bridge.sampling import BulkSpec
-
     argv = sys.argv[1:] if argv is None else list(argv)
-    divacancies, slabs = "--divacancies" in argv, "--al-slabs" in argv
-    argv = [a for a in argv if a not in ("--divacancies", "--al-slabs")]
-    default = ROOT / "data" / "sparc" / ("sige/divac/structures" if divacancies else
-                                         "al_kpts/slab_structures" if slabs else "unseen/structures")
-    out = Path(argv[0]) if argv else default
+    flags = [a for a in argv if a in STRUCTURE_SETS]
+    argv = [a for a in argv if a not in STRUCTURE_SETS]
+    make, default = STRUCTURE_SETS[flags[0] if flags else None]
+    out = Path(argv[0]) if argv else ROOT / "data" / "sparc" / default
     out.mkdir(parents=True, exist_ok=True)
-    if divacancies:
-        files = sige_divacancies()
-    elif slabs:
-        files = al_slabs()
-    else:
-        al = bulk("Al", "fcc", a=4.05, cubic=True).repeat(2)
-        spec = BulkSpec("Si", "diamond", 5.544, 2, "Ge", 0.5, 0)
-        files = {"al_divac.xyz": divacancy(al), "al_slab100.xyz": slab(al),
-                 "sige_divac.xyz": divacancy(spec.decorate(spec.build(), 61)),
-                 "sige_slab100.xyz": slab(spec.decorate(spec.build(), 65))}
-    for name, atoms in files.items():
+    for name, atoms in make().items():
         write(out / name, atoms, format="extxyz")
         print(f"{name}: {atoms.get_chemical_formula()}, cell {np.round(atoms.cell.lengths(), 3).tolist()} A")
     return 0
