@@ -17,6 +17,11 @@ cells (SPARC's non-orthogonal Laplacian made a hexagonal (111) cell several time
 8 layers of 4 atoms, (111) 4 layers of 8. ``al-pbe`` trains on the first two and is tested on (111), an
 orientation it never saw, and on the (100) slab of ``data/sparc/unseen`` (``data/README.md`` has the
 ``mlrho datagen`` lines).
+
+``--sige-slabs [OUT_DIR]`` writes the SiGe slabs of session 16 (default data/sparc/sige/slab_structures), 64
+atoms with 10 A of vacuum on Vegard lattices, the training slabs of ``sige-pbe``: a (100) slab at x = 0.3
+(the cubic 64-atom cell, 8 layers, occupation seed 331) and a (110) slab at x = 0.7 (4 layers of 16 atoms,
+lateral 7.8 x 11.1 A, seed 333). Held out: the x = 0.5 (100) slab of ``data/sparc/unseen``.
 """
 
 from __future__ import annotations
@@ -91,10 +96,29 @@ def al_slabs() -> dict:
     return out
 
 
+def sige_slabs() -> dict:
+    """File name -> the SiGe training slabs of session 16: (100) at x = 0.3, (110) at x = 0.7 (64 atoms each)."""
+    from ase.build import bulk, surface
+    from selection_study import vegard_a_ang  # benchmarks/ is on sys.path when a script here runs
+    from sparc_bridge.sampling import BulkSpec
+
+    out = {}
+    for name, x, seed in (("sige_x=0.3_slab100_s331.xyz", 0.3, 331), ("sige_x=0.7_slab110_s333.xyz", 0.7, 333)):
+        spec = BulkSpec("Si", "diamond", vegard_a_ang(x), 2, "Ge", x, 0)
+        if "slab100" in name:
+            atoms = slab(spec.build())
+        else:
+            atoms = surface(bulk("Si", "diamond", a=vegard_a_ang(x), cubic=True), (1, 1, 0), 4,
+                            vacuum=5.0, periodic=True) * (1, 2, 1)
+        out[name] = spec.decorate(atoms, seed)
+    return out
+
+
 #: command-line flag -> (structure set, default folder under data/sparc); no flag: the unseen cells
 STRUCTURE_SETS = {None: (unseen_cells, "unseen/structures"),
                   "--divacancies": (sige_divacancies, "sige/divac/structures"),
-                  "--al-slabs": (al_slabs, "al_kpts/slab_structures")}
+                  "--al-slabs": (al_slabs, "al_kpts/slab_structures"),
+                  "--sige-slabs": (sige_slabs, "sige/slab_structures")}
 
 
 def main(argv=None) -> int:

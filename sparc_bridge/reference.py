@@ -216,6 +216,12 @@ def _same_footing(a: ReferenceSettings, b: ReferenceSettings, cell_ang, fd_grid=
                  or dict(b.pseudopotentials).items() <= dict(a.pseudopotentials).items()))
 
 
+def same_footing(a: ReferenceSettings, b: ReferenceSettings, cell_ang) -> bool:
+    """True when the two settings compute the cell ``cell_ang`` (Angstrom) the same way: same k-point grid and
+    shift, xc, smearing, mesh and pseudopotentials."""
+    return _same_footing(a, b, cell_ang)
+
+
 def common_reference_settings(directories) -> ReferenceSettings:
     """The one :class:`ReferenceSettings` of a set of training runs; ReferenceMismatchError when they differ
     (a model must not learn two definitions of the density at once)."""

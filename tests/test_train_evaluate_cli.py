@@ -105,3 +105,26 @@ def test_train_an_ensemble_and_predict_with_it(tmp_path, al4_dir, capsys):
                  "--points", "1000", "--val-points", "1000", "-o", str(tmp_path / "ft.safetensors")]) == 0
     tuned = load_model(tmp_path / "ft.safetensors")
     assert tuned.ensemble_size == 2 and tuned.metadata["lineage"][-1]["frozen_layers"] == 1
+
+
+def test_train_settings_from_carries_the_material_settings(tmp_path, al4_dir, capsys):
+    """`--settings-from MODEL`: the retrained file carries the earlier model's Harris-Foulkes, screening and
+    warm-start settings verbatim, with a record of their source; refused for another material or other DFT
+    settings (al-pbe's references are k-point sampled, the 4-atom fixture is Gamma point)."""
+    out = tmp_path / "re.safetensors"
+    args = [str(al4_dir), "--val", str(al4_dir), "--m", "12", "--m-s", "2", "--k", "3", "--hidden", "8",
+            "--epochs", "1", "--points", "1000", "--seed", "1"]
+    assert main(["train", *args, "--settings-from", "al-pbe-gamma", "-o", str(out)]) == 0
+    source, meta = load_model("al-pbe-gamma").metadata, load_model(out).metadata
+    assert meta["hf_settings"] == source["hf_settings"] and meta["hf_screening"] == source["hf_screening"]
+    assert "warmstart_settings" not in meta  # al-pbe-gamma records none
+    assert meta["settings_from"] == {"model": "al-pbe-gamma", "weights_sha256": source["weights_sha256"],
+                                     "keys": ["hf_screening", "hf_settings"]}
+    assert "--settings-from al-pbe-gamma" in meta["training_command"]
+    capsys.readouterr()
+    for other, message in (("sige-pbe", "species Si, Ge are not the training cells' Al"),
+                           ("al-pbe", "k 4x4x4 shift 0.5, 13_Al")):
+        assert main(["train", *args, "--settings-from", other, "-o", str(tmp_path / "x.safetensors")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("mlrho train: --settings-from " + other) and message in err, err
+    assert not (tmp_path / "x.safetensors").exists()

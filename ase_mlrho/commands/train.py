@@ -31,7 +31,37 @@ def register(subparsers) -> None:
     p.add_argument("--ensemble", type=int, metavar="K",
                    help="train K networks (seeds SEED..SEED+K-1) and save them as one ensemble model (default 1)")
     p.add_argument("--checkpoint", help="checkpoint file written at every validation improvement")
+    p.add_argument("--settings-from", metavar="MODEL",
+                   help="carry the material settings of an earlier model of the same material and DFT settings "
+                        "(Harris-Foulkes eigensolver, screening, warm-start SPARC settings) into the new file, "
+                        "as a retrain on more data needs them")
     p.set_defaults(func=run)
+
+
+#: metadata ``--settings-from`` carries: SPARC settings measured for the material, not figures of the weights
+CARRIED_SETTINGS = ("hf_settings", "hf_screening", "warmstart_settings")
+
+
+def carried_settings(source, reference, species, cell_ang) -> dict:
+    """The :data:`CARRIED_SETTINGS` entries of model ``source`` and a ``settings_from`` record of where they came
+    from, for a new model of ``species`` trained on references computed with ``reference`` (cell ``cell_ang``
+    of one of them). ValueError when the source model is of other species or other DFT settings: its screening
+    and eigensolver settings were measured for another material."""
+    from sparc_bridge.reference import ReferenceSettings, same_footing
+
+    meta = source.metadata
+    if sorted(meta.get("species", [])) != sorted(species):
+        raise ValueError(f"--settings-from {source.name}: its species {', '.join(meta.get('species', []))} "
+                         f"are not the training cells' {', '.join(species)}")
+    theirs = ReferenceSettings.from_metadata(meta)
+    if theirs is not None and not same_footing(theirs, reference, cell_ang):
+        raise ValueError(f"--settings-from {source.name}: its references were computed with "
+                         f"{theirs.describe_for(cell_ang)}, the training cells with {reference.describe_for(cell_ang)}")
+    out = {k: meta[k] for k in CARRIED_SETTINGS if k in meta}
+    if not out:
+        raise ValueError(f"--settings-from {source.name}: the model records none of {', '.join(CARRIED_SETTINGS)}")
+    out["settings_from"] = {"model": source.name, "weights_sha256": meta.get("weights_sha256"), "keys": sorted(out)}
+    return out
 
 
 def _configs(args):
@@ -57,6 +87,7 @@ def run(args) -> int:
     from ..model_files import save_model
     from ..training import split_by_snapshot, train_model
     from sparc_bridge.reference import METADATA_KEY, common_reference_settings
+    from ..model_files import ModelFileError, load_model
 
     try:
         descriptor, net_cfg, train_cfg = _configs(args)
@@ -74,14 +105,15 @@ def run(args) -> int:
         out = Path(args.output)
         if not out.parent.is_dir():
             raise ValueError(f"cannot write {out}: directory {out.parent} does not exist")
-    except (SnapshotError, ValueError, TypeError, OSError, KeyError) as exc:
+        settings = {} if not args.settings_from else carried_settings(
+            load_model(args.settings_from), reference, list(spec.species), train[0].atoms.cell[:])
+    except (SnapshotError, ValueError, TypeError, OSError, KeyError, ModelFileError) as exc:
         print(f"mlrho train: {exc}", file=sys.stderr)
         return 2
     name = args.name or out.stem
     command = "mlrho " + " ".join(shlex.quote(str(a)) for a in args.argv)
     model = train_model(train, val, spec, net_cfg, train_cfg, name=name, checkpoint=args.checkpoint,
-                        extra_metadata={"training_command": command,
-                                                         METADATA_KEY: reference.to_dict()})
+                        extra_metadata={"training_command": command, METADATA_KEY: reference.to_dict(), **settings})
     save_model(model, out)
     cal = model.metadata["calibration"]
     members = f" ({model.ensemble_size} members)" if model.ensemble_size > 1 else ""
