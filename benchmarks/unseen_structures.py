@@ -19,9 +19,12 @@ orientation it never saw, and on the (100) slab of ``data/sparc/unseen`` (``data
 ``mlrho datagen`` lines).
 
 ``--sige-slabs [OUT_DIR]`` writes the SiGe slabs of session 16 (default data/sparc/sige/slab_structures), 64
-atoms with 10 A of vacuum on Vegard lattices, the training slabs of ``sige-pbe``: a (100) slab at x = 0.3
-(the cubic 64-atom cell, 8 layers, occupation seed 331) and a (110) slab at x = 0.7 (4 layers of 16 atoms,
-lateral 7.8 x 11.1 A, seed 333). Held out: the x = 0.5 (100) slab of ``data/sparc/unseen``.
+atoms with 10 A of vacuum on Vegard lattices, orthogonal cells. ``sige-pbe`` trains on a (100) slab at x = 0.3
+(the cubic 64-atom cell, 8 layers, two dangling bonds per surface atom, occupation seed 331) and a (110)
+slab at x = 0.7 (lateral 7.9 x 11.2 A, one dangling bond per surface atom, seed 333); held out are a (111)
+slab at x = 0.4 (4 bilayers of 16 atoms cut at the glide plane, one dangling bond per surface atom, lateral
+7.8 x 13.5 A, seed 334), an orientation it never trained on, and the x = 0.5 (100) slab of
+``data/sparc/unseen``.
 """
 
 from __future__ import annotations
@@ -96,21 +99,39 @@ def al_slabs() -> dict:
     return out
 
 
+def diamond111_slab(a_ang: float, vacuum_ang: float = 10.0):
+    """A 64-atom diamond (111) slab, 4 bilayers of 16 atoms in an orthogonal cell (the hexagonal surface cell's
+    2 x 2 rectangle), cut at the glide plane: every surface atom keeps three bonds. ``ase.build.surface``
+    cuts at the shuffle plane (surface atoms with one bond), so a fifth bilayer is built and its singly
+    bonded atoms removed."""
+    from ase.build import bulk, make_supercell, surface
+    from ase.neighborlist import neighbor_list
+
+    atoms = surface(bulk("Si", "diamond", a=a_ang), (1, 1, 1), 5, vacuum=vacuum_ang / 2, periodic=True)
+    atoms = make_supercell(atoms, [[2, 0, 0], [-2, 4, 0], [0, 0, 1]])
+    bond_ang = a_ang * np.sqrt(3) / 4  # the second neighbours are at 1.63 bonds
+    bonds = np.bincount(neighbor_list("i", atoms, 1.3 * bond_ang), minlength=len(atoms))
+    del atoms[bonds < 2]
+    atoms.center(vacuum=vacuum_ang / 2, axis=2)
+    return atoms
+
+
 def sige_slabs() -> dict:
-    """File name -> the SiGe training slabs of session 16: (100) at x = 0.3, (110) at x = 0.7 (64 atoms each)."""
+    """File name -> the SiGe slabs of session 16: (100) at x = 0.3 and (110) at x = 0.7 (training), (111) at
+    x = 0.4 (held out); 64 atoms each."""
     from ase.build import bulk, surface
     from selection_study import vegard_a_ang  # benchmarks/ is on sys.path when a script here runs
     from sparc_bridge.sampling import BulkSpec
 
+    def slab110(a):
+        return surface(bulk("Si", "diamond", a=a, cubic=True), (1, 1, 0), 4, vacuum=5.0, periodic=True) * (1, 2, 1)
+
     out = {}
-    for name, x, seed in (("sige_x=0.3_slab100_s331.xyz", 0.3, 331), ("sige_x=0.7_slab110_s333.xyz", 0.7, 333)):
+    for name, x, seed, build in (("sige_x=0.3_slab100_s331.xyz", 0.3, 331, lambda a: slab(BulkSpec(
+            "Si", "diamond", a, 2).build())), ("sige_x=0.7_slab110_s333.xyz", 0.7, 333, slab110),
+            ("sige_x=0.4_slab111_s334.xyz", 0.4, 334, diamond111_slab)):
         spec = BulkSpec("Si", "diamond", vegard_a_ang(x), 2, "Ge", x, 0)
-        if "slab100" in name:
-            atoms = slab(spec.build())
-        else:
-            atoms = surface(bulk("Si", "diamond", a=vegard_a_ang(x), cubic=True), (1, 1, 0), 4,
-                            vacuum=5.0, periodic=True) * (1, 2, 1)
-        out[name] = spec.decorate(atoms, seed)
+        out[name] = spec.decorate(build(vegard_a_ang(x)), seed)
     return out
 
 
