@@ -117,6 +117,26 @@ def test_sige_pbe_covers_a_held_out_di_vacancy_at_its_centre():
     assert run.summary.largest_hole_bohr < model.training_hole_bohr and run.summary.hole_warning is None
 
 
+def test_sige_pbe_on_held_out_free_surfaces():
+    """sige-pbe has two free slabs in its training data (session 16: (100) at x = 0.3, 1500 K and (110) at x = 0.7,
+    900 K, 10 A of vacuum). On the held-out x = 0.5 (100) slab at 900 K (data/sparc/unseen/sige_slab) session
+    14's model, which had seen no surface, was 4.10 % off with 3-sigma coverage 0.954; the shipped one: eps
+    1.267 %, coverage 0.9911. On a held-out (111) slab at x = 0.4, 1200 K, an orientation it never saw
+    (data/sparc/sige/test_slab111): 3.50 % and 0.919 before, 1.731 % and 0.9505 now: better, but below issue 14's
+    0.99 (the gap is reported in benchmarks/README.md; the error is inside the slab, not in the vacuum). Its
+    training domain now reaches into the vacuum (largest training hole 10.66 Bohr)."""
+    model = load_model("sige-pbe")
+    assert model.training_hole_bohr == pytest.approx(10.664, abs=0.01)
+    names = {s["name"] for s in model.metadata["training"]["train_snapshots"]}
+    assert {"sige_x=0.3_slab100_T=1500_seed=331", "sige_x=0.7_slab110_T=900_seed=333"} <= names
+    snaps = [load_snapshot(ROOT / "data" / "sparc" / "unseen" / "sige_slab" / "sige_x=0.5_slab100_T=900_seed=65"),
+             load_snapshot(SIGE_DATA / "test_slab111" / "sige_x=0.4_slab111_T=1200_seed=334")]
+    assert not names & {s.name for s in snaps}
+    (m100, m111), _, _ = evaluate_snapshots(model, snaps)
+    assert m100.eps_rho_percent < 1.35 and m100.coverage_3sigma >= 0.99
+    assert m111.eps_rho_percent < 1.8 and m111.coverage_3sigma > 0.945  # session 14's model: 3.50 %, 0.919
+
+
 AL_KPTS = ROOT / "data" / "sparc" / "al_kpts"
 
 
