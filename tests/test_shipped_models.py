@@ -117,6 +117,18 @@ def test_sige_pbe_covers_a_held_out_di_vacancy_at_its_centre():
     assert run.summary.largest_hole_bohr < model.training_hole_bohr and run.summary.hole_warning is None
 
 
+def _held_out_slab_metrics(name, training_hole_bohr, training_slabs, held_out_dirs):
+    """Metrics of model ``name`` on held-out slab runs, after checking that its training domain reaches into the
+    vacuum (``training_hole_bohr``), that ``training_slabs`` are among its training cells and the held-out ones not."""
+    model = load_model(name)
+    assert model.training_hole_bohr == pytest.approx(training_hole_bohr, abs=0.01)
+    names = {s["name"] for s in model.metadata["training"]["train_snapshots"]}
+    assert training_slabs <= names
+    snaps = [load_snapshot(d) for d in held_out_dirs]
+    assert not names & {s.name for s in snaps}
+    return evaluate_snapshots(model, snaps)[0]
+
+
 def test_sige_pbe_on_held_out_free_surfaces():
     """sige-pbe has two free slabs in its training data (session 16: (100) at x = 0.3, 1500 K and (110) at x = 0.7,
     900 K, 10 A of vacuum). On the held-out x = 0.5 (100) slab at 900 K (data/sparc/unseen/sige_slab) session
@@ -125,14 +137,10 @@ def test_sige_pbe_on_held_out_free_surfaces():
     (data/sparc/sige/test_slab111): 3.50 % and 0.919 before, 1.731 % and 0.9505 now: better, but below issue 14's
     0.99 (the gap is reported in benchmarks/README.md; the error is inside the slab, not in the vacuum). Its
     training domain now reaches into the vacuum (largest training hole 10.66 Bohr)."""
-    model = load_model("sige-pbe")
-    assert model.training_hole_bohr == pytest.approx(10.664, abs=0.01)
-    names = {s["name"] for s in model.metadata["training"]["train_snapshots"]}
-    assert {"sige_x=0.3_slab100_T=1500_seed=331", "sige_x=0.7_slab110_T=900_seed=333"} <= names
-    snaps = [load_snapshot(ROOT / "data" / "sparc" / "unseen" / "sige_slab" / "sige_x=0.5_slab100_T=900_seed=65"),
-             load_snapshot(SIGE_DATA / "test_slab111" / "sige_x=0.4_slab111_T=1200_seed=334")]
-    assert not names & {s.name for s in snaps}
-    (m100, m111), _, _ = evaluate_snapshots(model, snaps)
+    m100, m111 = _held_out_slab_metrics(
+        "sige-pbe", 10.664, {"sige_x=0.3_slab100_T=1500_seed=331", "sige_x=0.7_slab110_T=900_seed=333"},
+        [ROOT / "data" / "sparc" / "unseen" / "sige_slab" / "sige_x=0.5_slab100_T=900_seed=65",
+         SIGE_DATA / "test_slab111" / "sige_x=0.4_slab111_T=1200_seed=334"])
     assert m100.eps_rho_percent < 1.35 and m100.coverage_3sigma >= 0.99
     assert m111.eps_rho_percent < 1.8 and m111.coverage_3sigma > 0.945  # session 14's model: 3.50 %, 0.919
 
@@ -180,14 +188,10 @@ def test_al_pbe_on_held_out_free_surfaces():
     (data/sparc/al_kpts/test_slab111): 13.05 % and 0.518 before, 1.269 % and 0.9993 now. Its training domain now
     reaches into the vacuum (the largest hole of its training cells, 9.74 Bohr), so a slab of the same vacuum
     raises no hole warning."""
-    model = load_model("al-pbe")
-    assert model.training_hole_bohr == pytest.approx(9.744, abs=0.01)
-    names = {s["name"] for s in model.metadata["training"]["train_snapshots"]}
-    assert {"al_slab100_k=2x2x1_T=1200_seed=321", "al_slab110_k=2x3x1_T=900_seed=323"} <= names
-    snaps = [load_snapshot(ROOT / "data" / "sparc" / "unseen" / "al_slab" / "al_slab100_k=2x2x1_T=600_seed=313"),
-             load_snapshot(AL_KPTS / "test_slab111" / "al_slab111_k=3x2x1_T=900_seed=324")]
-    assert not names & {s.name for s in snaps}
-    metrics, _, _ = evaluate_snapshots(model, snaps)
+    metrics = _held_out_slab_metrics(
+        "al-pbe", 9.744, {"al_slab100_k=2x2x1_T=1200_seed=321", "al_slab110_k=2x3x1_T=900_seed=323"},
+        [ROOT / "data" / "sparc" / "unseen" / "al_slab" / "al_slab100_k=2x2x1_T=600_seed=313",
+         AL_KPTS / "test_slab111" / "al_slab111_k=3x2x1_T=900_seed=324"])
     for m in metrics:
         assert m.eps_rho_percent < 1.4 and m.coverage_3sigma >= 0.99, m.name
 
