@@ -123,13 +123,16 @@ def sige_slabs() -> dict:
     from selection_study import vegard_a_ang  # benchmarks/ is on sys.path when a script here runs
     from sparc_bridge.sampling import BulkSpec
 
+    def slab100(a):
+        return slab(bulk("Si", "diamond", a=a, cubic=True) * (2, 2, 2))
+
     def slab110(a):
         return surface(bulk("Si", "diamond", a=a, cubic=True), (1, 1, 0), 4, vacuum=5.0, periodic=True) * (1, 2, 1)
 
     out = {}
-    for name, x, seed, build in (("sige_x=0.3_slab100_s331.xyz", 0.3, 331, lambda a: slab(BulkSpec(
-            "Si", "diamond", a, 2).build())), ("sige_x=0.7_slab110_s333.xyz", 0.7, 333, slab110),
-            ("sige_x=0.4_slab111_s334.xyz", 0.4, 334, diamond111_slab)):
+    for name, x, seed, build in (("sige_x=0.3_slab100_s331.xyz", 0.3, 331, slab100),
+                                 ("sige_x=0.7_slab110_s333.xyz", 0.7, 333, slab110),
+                                 ("sige_x=0.4_slab111_s334.xyz", 0.4, 334, diamond111_slab)):
         spec = BulkSpec("Si", "diamond", vegard_a_ang(x), 2, "Ge", x, 0)
         out[name] = spec.decorate(build(vegard_a_ang(x)), seed)
     return out

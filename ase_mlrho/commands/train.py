@@ -84,10 +84,9 @@ def _configs(args):
 def run(args) -> int:
     from sparc_bridge.snapshots import SnapshotError, load_snapshot
     from ..descriptors import DescriptorSpec
-    from ..model_files import save_model
+    from ..model_files import load_model, save_model
     from ..training import split_by_snapshot, train_model
     from sparc_bridge.reference import METADATA_KEY, common_reference_settings
-    from ..model_files import ModelFileError, load_model
 
     try:
         descriptor, net_cfg, train_cfg = _configs(args)
@@ -107,7 +106,7 @@ def run(args) -> int:
             raise ValueError(f"cannot write {out}: directory {out.parent} does not exist")
         settings = {} if not args.settings_from else carried_settings(
             load_model(args.settings_from), reference, list(spec.species), train[0].atoms.cell[:])
-    except (SnapshotError, ValueError, TypeError, OSError, KeyError, ModelFileError) as exc:
+    except (SnapshotError, ValueError, TypeError, OSError, KeyError) as exc:  # ModelFileError is a ValueError
         print(f"mlrho train: {exc}", file=sys.stderr)
         return 2
     name = args.name or out.stem
