@@ -96,6 +96,27 @@ def test_lineage_recorded_and_model_loads_and_predicts(base_model_path, al4_dir,
     assert [e["base_model"] for e in lineage] == ["toy-base", "ft"]
 
 
+def test_finetune_settings_from_carries_the_material_settings(base_model_path, al4_dir, tmp_path, capsys):
+    """`mlrho finetune --settings-from MODEL` carries MODEL's Harris-Foulkes, screening and warm-start settings
+    verbatim (as `mlrho train --settings-from` does); without it the fine-tuned file has none; refused, writing
+    nothing, for a model of another material."""
+    args = ["finetune", "-m", str(base_model_path), str(al4_dir), "--val", str(al4_dir), "--freeze", "1",
+            "--epochs", "1", "--points", "1000", "--val-points", "1000"]
+    out = tmp_path / "ft.safetensors"
+    assert main([*args, "--settings-from", "al-pbe-gamma", "-o", str(out)]) == 0
+    source, meta = load_model("al-pbe-gamma").metadata, load_model(out).metadata
+    assert meta["hf_settings"] == source["hf_settings"] and meta["hf_screening"] == source["hf_screening"]
+    assert meta["settings_from"] == {"model": "al-pbe-gamma", "weights_sha256": source["weights_sha256"],
+                                     "keys": ["hf_screening", "hf_settings"]}
+    assert main([*args, "-o", str(tmp_path / "plain.safetensors")]) == 0
+    assert "hf_settings" not in load_model(tmp_path / "plain.safetensors").metadata
+    capsys.readouterr()
+    assert main([*args, "--settings-from", "sige-pbe", "-o", str(tmp_path / "x.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mlrho finetune: --settings-from sige-pbe") and "are not the training cells' Al" in err
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_finetune_errors_and_unconverged_exclusion(base_model_path, al4_dir, tmp_path, capsys):
     out = tmp_path / "x.safetensors"
     assert main(["finetune", "-m", str(base_model_path), str(al4_dir), "--val", str(al4_dir), "-o", str(out),

@@ -34,6 +34,10 @@ def register(subparsers) -> None:
     p.add_argument("--include-unconverged", action="store_true",
                    help="also use snapshots whose SCF did not converge (excluded by default)")
     p.add_argument("--checkpoint", help="checkpoint file written at every validation improvement")
+    p.add_argument("--settings-from", metavar="MODEL",
+                   help="carry the material settings (Harris-Foulkes eigensolver, screening, warm-start SPARC "
+                        "settings) of MODEL, usually the base model, into the new file; refused when MODEL is of "
+                        "other species or DFT settings than the fine-tuning cells (see mlrho train --settings-from)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=run)
 
@@ -56,6 +60,7 @@ def run(args) -> int:
     from ..model_files import ModelFileError, load_model, resolve_model_path, save_model
     from ..training import split_by_snapshot
     from ..transfer import FINETUNE_DEFAULTS, finetune_model
+    from .train import carried_settings
 
     try:
         base_path = resolve_model_path(args.model)
@@ -83,11 +88,13 @@ def run(args) -> int:
         out = Path(args.output)
         if not out.parent.is_dir():
             raise ValueError(f"cannot write {out}: directory {out.parent} does not exist")
+        settings = {} if not args.settings_from else carried_settings(
+            load_model(args.settings_from), reference, list(base.network.spec.species), train[0].atoms.cell[:])
         command = "mlrho " + " ".join(shlex.quote(str(a)) for a in args.argv)
         model = finetune_model(base, train, val, args.freeze, config, name=args.name or out.stem,
                                base_path=base_path, checkpoint=args.checkpoint,
                                extra_metadata={"training_command": command,
-                                               REFERENCE_KEY: reference.to_dict()})
+                                               REFERENCE_KEY: reference.to_dict(), **settings})
     except (ModelFileError, SnapshotError, UnknownSpeciesError, ValueError, TypeError, OSError, KeyError) as exc:
         print(f"mlrho finetune: {exc}", file=sys.stderr)
         return 2
