@@ -38,7 +38,7 @@ from .model_files import MLRhoModel
 from .uncertainty import calibrated_scale, coverage, miscalibration_area
 
 __all__ = ["TrainingConfig", "Dataset", "build_dataset", "train_model", "fit_baseline", "split_by_snapshot",
-           "recipe_configs"]
+           "recipe_configs", "scratch_training"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,15 @@ def split_by_snapshot(snapshots, seed: int) -> tuple[list, list]:
     order = np.random.default_rng(seed).permutation(len(snapshots))
     n_val = max(1, len(snapshots) // 5)
     return [snapshots[i] for i in sorted(order[n_val:])], [snapshots[i] for i in sorted(order[:n_val])]
+
+
+def scratch_training(metadata: dict) -> dict:
+    """The ``training`` record of the from-scratch training a model descends from: its own for a trained model,
+    ``base_training`` for a fine-tuned one (which :func:`ase_mlrho.transfer.finetune_model` keeps through any
+    number of fine-tunings). Its ``config`` is the recipe a retrain from scratch should use, not the shorter
+    fine-tuning schedule."""
+    training = metadata.get("training", {})
+    return metadata.get("base_training", {}) if training.get("kind") == "finetune" else training
 
 
 def recipe_configs(recipe: dict) -> tuple[dict, NetworkConfig, TrainingConfig]:

@@ -33,7 +33,7 @@ from .domain import training_domain_metadata
 from .files import file_sha256
 from .model import DensityEnsemble
 from .model_files import MLRhoModel, network_sha256
-from .training import (CALIBRATION_METHOD, TrainingConfig, build_dataset, calibrate, optimise,
+from .training import (CALIBRATION_METHOD, TrainingConfig, build_dataset, calibrate, optimise, scratch_training,
                        validation_uncertainty_metadata)
 
 __all__ = [
@@ -156,6 +156,7 @@ def finetune_model(base: MLRhoModel, train_snapshots, val_snapshots, n_frozen: i
         "base_file": Path(base_path).name if base_path else None,  # a name: model files name no folders
         "base_file_sha256": file_sha256(base_path) if base_path else None,
         "base_training_snapshots": [s.get("name") for s in base_meta.get("training", {}).get("train_snapshots", [])],
+        "base_training_command": base_meta.get("training_command"),
         "frozen_layers": int(n_frozen),
         "n_layers": len(tuned[0].layers),
         "frozen_parameters": frozen,
@@ -184,7 +185,8 @@ def finetune_model(base: MLRhoModel, train_snapshots, val_snapshots, n_frozen: i
             "history": runs[0]["history"],
             **({"members": runs} if len(runs) > 1 else {}),
         },
-        "base_training": base_meta.get("training", {}),
+        # the from-scratch training this model descends from (its recipe), however many fine-tunings ago
+        "base_training": scratch_training(base_meta),
         "lineage": list(copy.deepcopy(base_meta.get("lineage", []))) + [lineage_entry],
     })
     metadata["calibration"]["base_sigma_scale"] = float(base.network.sigma_scale)

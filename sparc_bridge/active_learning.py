@@ -186,7 +186,7 @@ def _compute(workdir: Path, round_index: int, chosen: list[dict], atoms_of: dict
 def _refit(plan: LearningPlan, start_model, previous_path: Path, train_dirs: list[str], out: Path, log):
     from ase_mlrho.model import DensityEnsemble
     from ase_mlrho.model_files import load_model, save_model
-    from ase_mlrho.training import TrainingConfig, train_model
+    from ase_mlrho.training import TrainingConfig, scratch_training, train_model
     from ase_mlrho.transfer import FINETUNE_DEFAULTS, finetune_model
 
     from .reference import METADATA_KEY, common_reference_settings
@@ -201,7 +201,7 @@ def _refit(plan: LearningPlan, start_model, previous_path: Path, train_dirs: lis
         model = finetune_model(base, train, val, plan.freeze, FINETUNE_DEFAULTS, name=out.stem, base_path=previous_path,
                                progress=False, log=log, extra_metadata=extra)
     else:
-        cfg = start_model.metadata.get("training", {}).get("config")
+        cfg = scratch_training(start_model.metadata).get("config")  # a fine-tuned start: its base's recipe
         config = TrainingConfig(**cfg) if cfg else TrainingConfig()
         net = start_model.network
         k = len(net.members) if isinstance(net, DensityEnsemble) else 1

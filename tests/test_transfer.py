@@ -13,7 +13,7 @@ from ase_mlrho.descriptors import DescriptorSpec
 from ase_mlrho.inference import predict_field
 from ase_mlrho.model import NetworkConfig
 from ase_mlrho.model_files import load_model, save_model
-from ase_mlrho.training import TrainingConfig, train_model
+from ase_mlrho.training import TrainingConfig, scratch_training, train_model
 from ase_mlrho.transfer import (compare_descriptor_distributions, finetune_model, freeze_layers,
                                 jensen_shannon_per_feature, mmd2_rbf, plot_descriptor_histograms)
 
@@ -92,8 +92,13 @@ def test_lineage_recorded_and_model_loads_and_predicts(base_model_path, al4_dir,
     out2 = tmp_path / "ft2.safetensors"
     assert main(["finetune", "-m", str(out), str(al4_dir), "--val", str(al4_dir), "-o", str(out2), "--freeze", "2",
                  "--epochs", "1", "--points", "1000", "--val-points", "1000"]) == 0
-    lineage = load_model(out2).metadata["lineage"]
-    assert [e["base_model"] for e in lineage] == ["toy-base", "ft"]
+    meta2 = load_model(out2).metadata
+    assert [e["base_model"] for e in meta2["lineage"]] == ["toy-base", "ft"]
+    assert meta2["lineage"][1]["base_training_command"] == model.metadata["training_command"]
+    # the recipe a retrain from scratch uses is the base's (3 epochs), not a fine-tuning schedule (2, then 1)
+    assert meta2["training"]["config"]["epochs"] == 1
+    assert scratch_training(meta2) == scratch_training(model.metadata) == base.metadata["training"]
+    assert scratch_training(meta2)["config"]["epochs"] == TINY.epochs == 3
 
 
 def test_finetune_settings_from_carries_the_material_settings(base_model_path, al4_dir, tmp_path, capsys):
