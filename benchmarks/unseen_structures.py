@@ -118,8 +118,8 @@ def diamond111_slab(a_ang: float, vacuum_ang: float = 10.0):
 
 def sige_slabs() -> dict:
     """File name -> the SiGe slabs: (100) at x = 0.3 and (110) at x = 0.7 (training, session 16), (111) at
-    x = 0.4 (held out, session 16) and (111) at x = 0.6 (training, session 17: another seed and composition of the
-    held-out cut); 64 atoms each."""
+    x = 0.4 (held out, session 16) and (111) at x = 0.3, 0.5 and 0.6 (training, session 17: other seeds and
+    compositions of the held-out cut); 64 atoms each."""
     from ase.build import bulk, surface
     from selection_study import vegard_a_ang  # benchmarks/ is on sys.path when a script here runs
     from sparc_bridge.sampling import BulkSpec
@@ -134,7 +134,9 @@ def sige_slabs() -> dict:
     for name, x, seed, build in (("sige_x=0.3_slab100_s331.xyz", 0.3, 331, slab100),
                                  ("sige_x=0.7_slab110_s333.xyz", 0.7, 333, slab110),
                                  ("sige_x=0.4_slab111_s334.xyz", 0.4, 334, diamond111_slab),
-                                 ("sige_x=0.6_slab111_s335.xyz", 0.6, 335, diamond111_slab)):
+                                 ("sige_x=0.6_slab111_s335.xyz", 0.6, 335, diamond111_slab),
+                                 ("sige_x=0.3_slab111_s336.xyz", 0.3, 336, diamond111_slab),
+                                 ("sige_x=0.5_slab111_s337.xyz", 0.5, 337, diamond111_slab)):
         spec = BulkSpec("Si", "diamond", vegard_a_ang(x), 2, "Ge", x, 0)
         out[name] = spec.decorate(build(vegard_a_ang(x)), seed)
     return out
