@@ -44,7 +44,7 @@ def test_al_pbe_gamma_on_the_held_out_vacancy_cell():
 
 @pytest.mark.skipif(not (SHARED_SPARC / "sige_T=1200_seed=6").is_dir(), reason="shared SiGe data not found")
 def test_sige_pbe_on_a_held_out_cell():
-    """Si32Ge32 at 1200 K (never trained on): eps 0.507 %, 3-sigma coverage 0.9985 when shipped."""
+    """Si32Ge32 at 1200 K (never trained on): eps 0.508 %, 3-sigma coverage 0.9985 when shipped (session 17)."""
     snap = load_snapshot(SHARED_SPARC / "sige_T=1200_seed=6")
     (m,), _, _ = evaluate_snapshots(load_model("sige-pbe"), [snap])
     assert m.eps_rho_percent < 0.55
@@ -68,10 +68,11 @@ def test_sige_pbe_on_committed_held_out_cells_and_its_expected_error():
     """All 13 committed held-out SiGe cells (data/sparc/sige, made by `mlrho datagen`; x = 0.3 / 0.7 from
     session 11, when the model had not seen those compositions; since session 12 it is trained on the
     selection study's pool, other seeds and temperatures at x = 0.3-0.7; since session 14 on three
-    di-vacancies too). When shipped (an ensemble of 4): x = 0.5 at 1800 K eps 0.680 %, 3-sigma coverage
-    0.9967; x = 0.4 at 2300 K 0.739 %, 0.9961; the x = 0.3 vacancy 0.773 %, 0.9974; every cell's coverage
-    >= 0.9952. The eps the sigma predicts (sqrt(2/pi) integral sigma dV / N_e) is 1.04-1.30 times the
-    measured one, and across the cells Pearson(eps, epistemic sigma per electron) = 0.97 (0.74 with the mean
+    di-vacancies too, since sessions 16-17 on free slabs). When shipped (session 17, an ensemble of 4): x = 0.5
+    at 1800 K eps 0.683 %, 3-sigma coverage 0.9963; x = 0.4 at 2300 K 0.744 %, 0.9963; the x = 0.3 vacancy
+    0.785 %, 0.9990; every cell's coverage >= 0.9960. The eps the sigma predicts (sqrt(2/pi) integral sigma dV /
+    N_e) is 1.03-1.33 times the measured one, and across the cells Pearson(eps, epistemic sigma per electron) =
+    0.97 (0.69 with the mean
     epistemic sigma in e/Bohr^3, which grows with a cell's Ge content and electron density where eps does
     not: benchmarks/README.md)."""
     model = load_model("sige-pbe")
@@ -94,8 +95,8 @@ def test_sige_pbe_on_committed_held_out_cells_and_its_expected_error():
 def test_sige_pbe_covers_a_held_out_di_vacancy_at_its_centre():
     """The held-out x = 0.4 di-vacancy at 1500 K (data/sparc/sige/divac_test; sige-pbe has three other
     di-vacancies in its training data since session 14, where the session-12 model covered only 0.872 of the
-    points within 3 Bohr of the centre). When shipped: eps 0.793 %, coverage 0.9949, within 3 Bohr of the
-    centre (the grid point farthest from every atom, 5.44 Bohr) 0.996; the hole lies within the training
+    points within 3 Bohr of the centre). When shipped (session 17): eps 0.796 %, coverage 0.9958, within 3 Bohr
+    of the centre (the grid point farthest from every atom, 5.44 Bohr) 0.999; the hole lies within the training
     cells' (5.62 Bohr), so no hole warning."""
     from ase_mlrho.domain import nearest_atom_distance_bohr
     from ase_mlrho.inference import InferenceSettings, run_prediction
@@ -130,19 +131,22 @@ def _held_out_slab_metrics(name, training_hole_bohr, training_slabs, held_out_di
 
 
 def test_sige_pbe_on_held_out_free_surfaces():
-    """sige-pbe has two free slabs in its training data (session 16: (100) at x = 0.3, 1500 K and (110) at x = 0.7,
-    900 K, 10 A of vacuum). On the held-out x = 0.5 (100) slab at 900 K (data/sparc/unseen/sige_slab) session
-    14's model, which had seen no surface, was 4.10 % off with 3-sigma coverage 0.954; the shipped one: eps
-    1.267 %, coverage 0.9911. On a held-out (111) slab at x = 0.4, 1200 K, an orientation it never saw
-    (data/sparc/sige/test_slab111): 3.50 % and 0.919 before, 1.731 % and 0.9505 now: better, but below issue 14's
-    0.99 (the gap is reported in benchmarks/README.md; the error is inside the slab, not in the vacuum). Its
-    training domain now reaches into the vacuum (largest training hole 10.66 Bohr)."""
+    """sige-pbe has five free slabs in its training data: (100) at x = 0.3, 1500 K and (110) at x = 0.7, 900 K
+    (session 16), and three (111) slabs at x = 0.3 / 0.5 / 0.6 (session 17, fine-tuned), 10 A of vacuum. On the
+    held-out x = 0.5 (100) slab at 900 K (data/sparc/unseen/sige_slab) session 14's model, which had seen no
+    surface, was 4.10 % off with 3-sigma coverage 0.954; session 16's 1.267 % and 0.9911; the shipped one 1.236 %
+    and 0.9929. On the held-out (111) slab at x = 0.4, 1200 K (data/sparc/sige/test_slab111): 3.50 % and 0.919,
+    then 1.731 % and 0.9505, now 1.642 % and 0.9604: still below issue 14's 0.99, the shortfall in the slab's
+    inner bilayers (coverage 0.83 at 6-8 Bohr below the surface; benchmarks/slab_depth.py, benchmarks/README.md).
+    Its training domain reaches into the vacuum (largest training hole 10.66 Bohr)."""
     m100, m111 = _held_out_slab_metrics(
-        "sige-pbe", 10.664, {"sige_x=0.3_slab100_T=1500_seed=331", "sige_x=0.7_slab110_T=900_seed=333"},
+        "sige-pbe", 10.664, {"sige_x=0.3_slab100_T=1500_seed=331", "sige_x=0.7_slab110_T=900_seed=333",
+                             "sige_x=0.6_slab111_T=1800_seed=335", "sige_x=0.3_slab111_T=900_seed=336",
+                             "sige_x=0.5_slab111_T=1500_seed=337"},
         [ROOT / "data" / "sparc" / "unseen" / "sige_slab" / "sige_x=0.5_slab100_T=900_seed=65",
          SIGE_DATA / "test_slab111" / "sige_x=0.4_slab111_T=1200_seed=334"])
-    assert m100.eps_rho_percent < 1.35 and m100.coverage_3sigma >= 0.99
-    assert m111.eps_rho_percent < 1.8 and m111.coverage_3sigma > 0.945  # session 14's model: 3.50 %, 0.919
+    assert m100.eps_rho_percent < 1.30 and m100.coverage_3sigma >= 0.99
+    assert m111.eps_rho_percent < 1.70 and m111.coverage_3sigma > 0.955  # session 16's model: 1.731 %, 0.9505
 
 
 AL_KPTS = ROOT / "data" / "sparc" / "al_kpts"
