@@ -9,6 +9,7 @@ Units: Bohr, electrons/Bohr^3.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ from .grid import Grid
 from .dense_descriptors import DenseDescriptors, compact_sub_blocks
 from .local_descriptors import LOCAL_MIN_ATOMS, LocalDescriptors
 from .predictor import Predictor
+from .surface import SurfaceDepth, inflate_aleatoric
 
 __all__ = ["InferenceSettings", "Structure", "ChunkPlan", "Job", "Block", "make_job", "predict_block",
            "build_context", "cached_context", "context_for_token", "DEFAULT_CHUNK_POINTS", "DEFAULT_BATCH_POINTS",
@@ -72,6 +74,9 @@ class InferenceSettings:
         exact count and is nowhere negative: ``max(0, mean + lambda * sigma^2)``, one ``lambda`` for the
         cell (:func:`ase_mlrho.inference.renormalise_posterior`); the missing or excess charge goes where
         the model is least sure, not everywhere in proportion. In memory and file outputs only (not zarr).
+    surface_term : apply the model's surface term (:mod:`ase_mlrho.surface`: a larger aleatoric sigma below a
+        free surface, where the neighbourhood looks like bulk but the density is not) when the model file
+        has one and the structure has vacuum. False gives the network's own sigmas (what the term is fitted to).
     """
 
     n_samples: int | None = None
@@ -82,6 +87,7 @@ class InferenceSettings:
     neighbour_tables: str = "auto"
     device: str | None = None
     renormalisation: str = "scale"
+    surface_term: bool = True
 
     def __post_init__(self):
         if self.renormalisation not in RENORMALISATIONS:
@@ -220,6 +226,7 @@ class Job:
     local_tables: bool = False
     device: str | None = None
     training_hole_bohr: float | None = None
+    surface: SurfaceDepth | None = None  # the model's surface term for this structure (None: none, or no vacuum)
 
     @property
     def grid(self) -> Grid:
@@ -247,11 +254,16 @@ def make_job(model, structure: Structure, grid: Grid, settings: InferenceSetting
              repr(grid.pbc), repr(plan.block), n_samples, settings.seed, batch, local, STAT_COLUMNS]
     if settings.device is not None:  # another path: float32 rounding differs, so another job
         parts.append(f"device={settings.device}")
+    cal = model.surface_calibration if settings.surface_term else None
+    surface = None if cal is None else SurfaceDepth.for_structure(cal, structure.positions_bohr, grid.cell_bohr,
+                                                                   grid.pbc)
+    if surface is not None:  # the sigmas change with the calibration, which is metadata, not weights
+        parts.append(json.dumps(cal.to_metadata(), sort_keys=True))
     for part in parts:
         h.update(part if isinstance(part, bytes) else str(part).encode())
     return Job(model, structure, grid.cell_bohr, grid.shape, grid.pbc, plan, n_samples, int(settings.seed),
                batch, model.epistemic_sigma_validation_max, h.hexdigest(), local, settings.device,
-               model.training_hole_bohr)
+               model.training_hole_bohr, surface)
 
 
 @dataclass(eq=False)
@@ -365,6 +377,8 @@ def predict_block(ctx: Context, index: int) -> Block:
         p = job.model.predict(d, weight_sets=ctx.weight_sets)
         mean[b0:b1], ale[b0:b1], epi[b0:b1] = p.mean, p.sigma_aleatoric, p.sigma_epistemic
         near[b0:b1] = d[:, cols].min(axis=1)
+    if job.surface is not None:
+        ale = inflate_aleatoric(ale, epi, job.surface.factor(ctx.grid.points_bohr_at(flat), near))
     sig_total = np.sqrt(ale * ale + epi * epi)
     thr = job.ood_threshold_e_per_bohr3
     stats = np.array([n, mean.sum(), np.clip(mean, 0.0, None).sum(), sig_total.sum(), sig_total.max(),
@@ -410,6 +424,9 @@ def _predict_block_dense(ctx: Context, index: int) -> Block:
     back = torch.as_tensor(np.argsort(order), device=dev)  # sub-block order -> the block's C order
     mean, ale, epi = mean[back], ale[back], epi[back]
     near = near[back].double().cpu().numpy()
+    if job.surface is not None:
+        g = job.surface.factor(ctx.grid.points_bohr_at(flat), near)
+        ale = inflate_aleatoric(ale, epi, torch.as_tensor(g, dtype=ale.dtype, device=dev))
     sig_total = torch.sqrt(ale * ale + epi * epi)
     thr = job.ood_threshold_e_per_bohr3
     n_ood = 0 if thr is None else int(torch.count_nonzero(epi > thr))

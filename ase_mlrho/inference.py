@@ -130,6 +130,7 @@ class PredictionSummary:
     training_hole_bohr: float | None = None
     beyond_training_fraction: float | None = None
     hole_margin_bohr: float | None = None
+    surface_term: bool | None = None  # the model's surface term (ase_mlrho.surface): applied, not needed (no vacuum), None: none
 
     @property
     def looks_out_of_distribution(self) -> bool:
@@ -368,7 +369,9 @@ def run_prediction(model, atoms, output=None, settings: InferenceSettings = Infe
         ood_fraction=ood, ood_threshold_e_per_bohr3=job.ood_threshold_e_per_bohr3,
         output=None if path is None else str(path), chunks=plan.n_chunks, chunks_resumed=resumed,
         executor=executor.kind, workers=1 if executor.kind == "serial" else executor.workers,
-        **hole, hole_margin_bohr=model.mesh_spacing_bohr)
+        **hole, hole_margin_bohr=model.mesh_spacing_bohr,
+        surface_term=None if job.surface is None and (model.surface_calibration is None or not settings.surface_term)
+        else job.surface is not None)
     return PredictionRun(summary, pred)
 
 

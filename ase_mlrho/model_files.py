@@ -28,6 +28,8 @@ from . import __version__
 from .descriptors import DescriptorSpec, UnknownSpeciesError, unknown_species
 from .domain import METADATA_KEY as DOMAIN_KEY
 from .model import DensityEnsemble, DensityNetwork, NetworkConfig, Prediction
+from .surface import METADATA_KEY as SURFACE_KEY
+from .surface import SurfaceCalibration
 
 __all__ = ["MLRhoModel", "ModelFileError", "load_model", "save_model", "shipped_models", "metadata_entry", "FORMAT_VERSION"]
 
@@ -90,6 +92,11 @@ class MLRhoModel:
         """The largest hole of the training cells (Bohr; :mod:`ase_mlrho.domain`), None when unrecorded."""
         v = self.metadata.get(DOMAIN_KEY, {}).get("largest_hole_bohr")
         return None if v is None else float(v)
+
+    @property
+    def surface_calibration(self) -> SurfaceCalibration | None:
+        """The surface term of the sigma (:mod:`ase_mlrho.surface`), None when the file has none."""
+        return metadata_entry(self.metadata.get("calibration", {}), SURFACE_KEY, SurfaceCalibration.from_metadata)
 
     def check_species(self, numbers) -> None:
         """Raise :class:`UnknownSpeciesError` if the structure has elements the model does not know."""
@@ -243,4 +250,9 @@ def load_model(name_or_path=DEFAULT_MODEL) -> MLRhoModel:
     except (KeyError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{path}: metadata and tensors do not fit together ({exc})") from None
     network.eval()
-    return MLRhoModel(network, meta)
+    model = MLRhoModel(network, meta)
+    try:
+        model.surface_calibration
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
+    return model

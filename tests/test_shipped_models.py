@@ -136,8 +136,11 @@ def test_sige_pbe_on_held_out_free_surfaces():
     held-out x = 0.5 (100) slab at 900 K (data/sparc/unseen/sige_slab) session 14's model, which had seen no
     surface, was 4.10 % off with 3-sigma coverage 0.954; session 16's 1.267 % and 0.9911; the shipped one 1.236 %
     and 0.9929. On the held-out (111) slab at x = 0.4, 1200 K (data/sparc/sige/test_slab111): 3.50 % and 0.919,
-    then 1.731 % and 0.9505, now 1.642 % and 0.9604: still below issue 14's 0.99, the shortfall in the slab's
-    inner bilayers (coverage 0.83 at 6-8 Bohr below the surface; benchmarks/slab_depth.py, benchmarks/README.md).
+    then 1.731 % and 0.9505, then (session 17's weights) 1.642 % and 0.9604, the shortfall in the slab's inner
+    bilayers (coverage 0.83 at 6-8 Bohr below the surface; benchmarks/slab_depth.py, benchmarks/README.md). Since
+    session 18 the model carries a surface term (ase_mlrho.surface), fitted on its five training slabs only:
+    the same weights cover the (111) slab 0.9923 and the (100) slab 0.9968, and the error the sigma predicts
+    (eps_exp) for the (111) slab is 1.610 % against 1.642 % measured (1.300 % without the term).
     Its training domain reaches into the vacuum (largest training hole 10.66 Bohr)."""
     m100, m111 = _held_out_slab_metrics(
         "sige-pbe", 10.664, {"sige_x=0.3_slab100_T=1500_seed=331", "sige_x=0.7_slab110_T=900_seed=333",
@@ -146,7 +149,13 @@ def test_sige_pbe_on_held_out_free_surfaces():
         [ROOT / "data" / "sparc" / "unseen" / "sige_slab" / "sige_x=0.5_slab100_T=900_seed=65",
          SIGE_DATA / "test_slab111" / "sige_x=0.4_slab111_T=1200_seed=334"])
     assert m100.eps_rho_percent < 1.30 and m100.coverage_3sigma >= 0.99
-    assert m111.eps_rho_percent < 1.70 and m111.coverage_3sigma > 0.955  # session 16's model: 1.731 %, 0.9505
+    assert m111.eps_rho_percent < 1.70 and m111.coverage_3sigma >= 0.99  # without the surface term: 0.9604
+    assert 0.9 * m111.eps_rho_percent < m111.expected_eps_percent < 1.1 * m111.eps_rho_percent
+    surface = load_model("sige-pbe").surface_calibration
+    assert set(surface.fitted_on) == {"sige_x=0.3_slab100_T=1500_seed=331", "sige_x=0.7_slab110_T=900_seed=333",
+                                      "sige_x=0.6_slab111_T=1800_seed=335", "sige_x=0.3_slab111_T=900_seed=336",
+                                      "sige_x=0.5_slab111_T=1500_seed=337"}  # training slabs, never the held-out ones
+    assert surface.factors[:3] == (1.0, 1.0, 1.0) and max(surface.factors) > 1.5  # the surface itself: unchanged
 
 
 AL_KPTS = ROOT / "data" / "sparc" / "al_kpts"

@@ -4,4 +4,4 @@ Modules are imported lazily by name so that ``mlrho --help`` stays fast."""
 
 #: subcommand modules, in the order ``mlrho --help`` lists them
 COMMAND_MODULES = ["train", "evaluate", "predict", "select", "energy", "eos", "warmstart", "screening", "finetune",
-                   "datagen", "learn"]
+                   "datagen", "learn", "calibrate_surface"]

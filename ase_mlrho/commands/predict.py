@@ -110,8 +110,8 @@ def run(args) -> int:
         report = {k: d[k] for k in keys}
         report.update({k: d[k] for k in ("n_points", "renormalisation_factor", "ood_threshold_e_per_bohr3",
                                            "largest_hole_bohr", "largest_hole_position_ang", "training_hole_bohr",
-                                           "beyond_training_fraction", "chunks", "chunks_resumed", "executor",
-                                           "workers")})
+                                           "beyond_training_fraction", "surface_term", "chunks", "chunks_resumed",
+                                           "executor", "workers")})
         report["model"] = model.name
         report["command_seconds"] = total_s  # the whole command: start-up, model loading, prediction, output
         print(json.dumps(report))
@@ -136,5 +136,11 @@ def run(args) -> int:
             "points lie farther from every atom")
         print(f"largest hole   {s.largest_hole_bohr:.2f} Bohr from every atom at ({x:.2f}, {y:.2f}, {z:.2f}) Angstrom; "
               f"{reach}")
+        cal = model.surface_calibration
+        if cal is not None:
+            deep = [f"x{f:.2f} from {e:g} Bohr" for e, f in zip(cal.depth_edges_bohr, cal.factors) if f > 1.0]
+            print("surface term   " + ("applied: the sigma below the free surface raised by depth below the vacuum ("
+                                       + ", ".join(deep[:1] + deep[-1:]) + ")" if s.surface_term else
+                                       f"not needed: no point is {cal.vacuum_radius_bohr:g} Bohr from every atom"))
         print(f"output         {s.output or '(none: pass -o OUT.zarr|.cube|.dens|.npz to keep the field)'}")
     return 0
