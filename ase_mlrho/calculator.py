@@ -88,6 +88,9 @@ class MLRhoCalculator(Calculator):
         the numbers do not depend on it.
     device : None (default: the k-d tree path on the CPUs) or a torch device ("cuda", "cuda:1",
         "cpu") for dense descriptors and the network on that device; the same field to float32 rounding.
+    surface_term : apply the model's surface term below a free surface (default; :mod:`ase_mlrho.surface`: a
+        larger aleatoric sigma where the neighbourhood looks like bulk but the density is not); False gives the
+        network's own sigmas. ``calc.summary.surface_term`` says whether it was applied.
     """
 
     implemented_properties = ["density", "density_sigma_total", "density_sigma_aleatoric",
@@ -95,17 +98,18 @@ class MLRhoCalculator(Calculator):
                               "ood_fraction", "beyond_training_fraction", "largest_hole_ang"]
     default_parameters = {"n_samples": None, "seed": 0, "chunk_points": InferenceSettings.chunk_points,
                           "mesh_spacing_bohr": None, "executor": "serial", "workers": 1, "device": None,
-                          "renormalisation": "scale"}
+                          "renormalisation": "scale", "surface_term": True}
     nolabel = True
 
     def __init__(self, model="al-pbe", n_samples=None, seed=0, chunk_points=InferenceSettings.chunk_points,
-                 mesh_spacing_bohr=None, executor="serial", workers=1, device=None, renormalisation="scale", **kwargs):
+                 mesh_spacing_bohr=None, executor="serial", workers=1, device=None, renormalisation="scale",
+                 surface_term=True, **kwargs):
         from .model_files import MLRhoModel, load_model
 
         self.model = model if isinstance(model, MLRhoModel) else load_model(model)
         Calculator.__init__(self, n_samples=n_samples, seed=seed, chunk_points=chunk_points,
                             mesh_spacing_bohr=mesh_spacing_bohr, executor=executor, workers=workers, device=device,
-                            renormalisation=renormalisation, **kwargs)
+                            renormalisation=renormalisation, surface_term=surface_term, **kwargs)
         self.grid = None
         self.summary = None
 
@@ -114,7 +118,7 @@ class MLRhoCalculator(Calculator):
         p = self.parameters
         return InferenceSettings(n_samples=p.n_samples, seed=int(p.seed), chunk_points=int(p.chunk_points),
                                  mesh_spacing_bohr=p.mesh_spacing_bohr, device=p.device,
-                                 renormalisation=p.renormalisation)
+                                 renormalisation=p.renormalisation, surface_term=bool(p.surface_term))
 
     def calculate(self, atoms=None, properties=("density",), system_changes=all_changes):
         Calculator.calculate(self, atoms, properties, system_changes)

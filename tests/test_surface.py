@@ -211,3 +211,17 @@ def test_calibrate_surface_refuses_a_cell_without_vacuum(tmp_path, capsys):
     assert main(["calibrate-surface", "-m", "sige-pbe", str(run), "-o", str(tmp_path / "m.safetensors")]) == 2
     assert "no free surface" in capsys.readouterr().err
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_the_calculator_applies_the_term_unless_told_not_to(sige):
+    from ase_mlrho.calculator import MLRhoCalculator
+
+    atoms = _si_slab()
+    calc = MLRhoCalculator(model=_with_term(sige, (2.0,) * 4), mesh_spacing_bohr=0.8)
+    with_term = calc.get_property("density_sigma_total", atoms)
+    assert calc.summary.surface_term is True
+    calc.set(surface_term=False)
+    without = calc.get_property("density_sigma_total", atoms)
+    assert calc.summary.surface_term is None  # not asked for
+    assert with_term.max() == pytest.approx(2.0 * without.max(), rel=1e-9)
+    np.testing.assert_allclose(with_term / without, np.where(with_term > 1.5 * without, 2.0, 1.0), rtol=1e-9)
