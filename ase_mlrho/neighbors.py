@@ -168,6 +168,16 @@ class PeriodicNeighbors:
             bad = bad[dist[bad, -1] > self._radius]
         return NeighborResult(dist, atom, disp)
 
+    def nearest_distance_within(self, points_bohr, radius_bohr: float, workers: int = 1) -> np.ndarray:
+        """Distance (Bohr) from each point to its nearest atom over all periodic images where that is at most
+        ``radius_bohr``, ``inf`` where no atom is that close: a bounded search, cheaper than :meth:`query` when
+        only near atoms matter."""
+        pts = np.asarray(points_bohr, dtype=np.float64)
+        if self._tree is None or self._radius < radius_bohr:
+            self._build_halo(float(radius_bohr))
+        dist, _ = self._tree.query(self.wrap(pts), k=1, distance_upper_bound=float(radius_bohr), workers=workers)
+        return dist
+
     def _query_tree(self, pts, m, workers, n_disp):
         """Query the current halo: distances, atom indices and displacements (pts -> image)."""
         if m > len(self._halo_pos):

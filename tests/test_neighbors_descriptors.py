@@ -43,6 +43,20 @@ def test_neighbors_match_brute_force(seed, n_atoms, m, pbc):
         np.testing.assert_allclose(frac[:, ~periodic], 0.0, atol=1e-9)
 
 
+@pytest.mark.parametrize("pbc", [(True, True, True), (True, True, False)])
+def test_bounded_nearest_distance_matches_brute_force(pbc):
+    """``nearest_distance_within``: the nearest image's distance where it is within the radius, inf beyond."""
+    rng = np.random.default_rng(7)
+    cell, pos = random_triclinic(rng, 3)
+    pts = rng.uniform(-0.5, 1.5, (60, 3)) @ cell
+    radius = 2.5
+    got = PeriodicNeighbors(pos, cell, pbc).nearest_distance_within(pts, radius)
+    want = np.array([brute_force.nearest(x, pos, cell, pbc, 1, n_images=12)[0][0] for x in pts])
+    assert np.isinf(got).any() and np.isfinite(got).any()
+    np.testing.assert_allclose(got[want <= radius], want[want <= radius], rtol=0, atol=1e-10)
+    assert np.all(np.isinf(got[want > radius]))
+
+
 @pytest.mark.parametrize("seed,n_atoms,spec,pbc", [
     (10, 7, DescriptorSpec(m=12, m_s=3, k=4, species=("Al",)), (True, True, True)),
     (11, 1, DescriptorSpec(m=40, m_s=4, k=6, species=("Al",)), (True, True, True)),
