@@ -35,26 +35,18 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from ase_mlrho.model_files import ModelFileError, load_model, save_model
     from ase_mlrho.surface import METADATA_KEY, fit_on_snapshots
     from sparc_bridge.snapshots import SnapshotError, load_snapshot
 
     name = "calibrate-surface"
     try:
-        if not str(args.output).endswith(".safetensors"):
-            raise common.CommandError(f"-o {args.output}: the model file must end in .safetensors")
-        if not Path(args.output).resolve().parent.is_dir():
-            raise common.CommandError(f"-o {args.output}: the directory {Path(args.output).parent} does not exist")
+        common.check_model_output(args.output)
         model = load_model(args.model)
-        snaps = []
-        for d in args.sparc_dirs:
-            if not Path(d).is_dir():
-                raise common.CommandError(f"{d} is not a SPARC run directory")
-            common.check_reference(model, d)
-            snaps.append(load_snapshot(d))
-            model.check_species(snaps[-1].atoms.numbers)
+        common.check_reference_dirs(model, args.sparc_dirs)
+        snaps = [load_snapshot(d) for d in args.sparc_dirs]
+        for snap in snaps:
+            model.check_species(snap.atoms.numbers)
         cal, cells = fit_on_snapshots(model, snaps, args.vacuum_radius, edges_bohr=tuple(args.edges),
                                       log=None if args.json else print)
     except (common.CommandError, ModelFileError, SnapshotError, ValueError) as exc:

@@ -178,6 +178,23 @@ def check_reference(model, run_dir) -> None:
         raise CommandError(f"{run_dir}: cannot read the reference run's settings ({exc})") from None
 
 
+def check_model_output(path) -> None:
+    """CommandError unless ``path`` can be a model file to write: a ``.safetensors`` name in an existing directory."""
+    if not str(path).endswith(".safetensors"):
+        raise CommandError(f"-o {path}: the model file must end in .safetensors")
+    if not Path(path).resolve().parent.is_dir():
+        raise CommandError(f"-o {path}: the directory {Path(path).parent} does not exist")
+
+
+def check_reference_dirs(model, run_dirs) -> None:
+    """CommandError unless every one of ``run_dirs`` is a SPARC run directory computed with the model's
+    reference settings (:func:`check_reference`)."""
+    for d in run_dirs:
+        if not Path(d).is_dir():
+            raise CommandError(f"{d} is not a SPARC run directory")
+        check_reference(model, d)
+
+
 class PreparedRun(NamedTuple):
     """What energy / eos / warmstart all need before SPARC runs."""
 

@@ -37,8 +37,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from sparc_bridge.snapshots import SnapshotError
     from ase_mlrho.model_files import ModelFileError, load_model, save_model
     from sparc_bridge.harris_foulkes import GridMismatchError, calibrate_screening
@@ -47,16 +45,10 @@ def run(args) -> int:
 
     name = "screening"
     try:
-        if not str(args.output).endswith(".safetensors"):
-            raise common.CommandError(f"-o {args.output}: the model file must end in .safetensors")
-        if not Path(args.output).resolve().parent.is_dir():
-            raise common.CommandError(f"-o {args.output}: the directory {Path(args.output).parent} does not exist")
+        common.check_model_output(args.output)
         command = common.sparc_command()
         model = load_model(args.model)
-        for d in args.sparc_dirs:
-            if not Path(d).is_dir():
-                raise common.CommandError(f"{d} is not a SPARC run directory")
-            common.check_reference(model, d)
+        common.check_reference_dirs(model, args.sparc_dirs)
         hf = common.model_hf_settings(args, model)
         workdir = common.make_workdir(args.workdir, name)
     except (common.CommandError, ModelFileError, ValueError) as exc:
