@@ -25,6 +25,11 @@ slab at x = 0.7 (lateral 7.9 x 11.2 A, one dangling bond per surface atom, seed 
 slab at x = 0.4 (4 bilayers of 16 atoms cut at the glide plane, one dangling bond per surface atom, lateral
 7.8 x 13.5 A, seed 334), an orientation it never trained on, and the x = 0.5 (100) slab of
 ``data/sparc/unseen``.
+
+``--voids [OUT_DIR]`` writes the void of session 18 (default data/sparc/unseen/structures): the Si32Ge32 cell
+(x = 0.5, Vegard's 5.544 A, occupation seed 91) without an atom and its four nearest neighbours, 59 atoms, a
+hole of 7.4 Bohr (the removed atom's second neighbours): larger than any bulk or defect hole in training, so
+the surface term of ``sige-pbe`` (``ase_mlrho/surface.py``, fitted on slabs only) sees it as vacuum.
 """
 
 from __future__ import annotations
@@ -42,6 +47,14 @@ def divacancy(atoms):
     atoms = atoms.copy()
     d = atoms.get_distances(0, range(1, len(atoms)), mic=True)
     del atoms[[0, 1 + int(np.argmin(d))]]
+    return atoms
+
+
+def void(atoms, n_shell: int = 4):
+    """``atoms`` without atom 0 and its ``n_shell`` nearest neighbours (periodic images counted)."""
+    atoms = atoms.copy()
+    d = atoms.get_distances(0, range(1, len(atoms)), mic=True)
+    del atoms[[0, *(1 + np.argsort(d)[:n_shell]).tolist()]]
     return atoms
 
 
@@ -142,11 +155,20 @@ def sige_slabs() -> dict:
     return out
 
 
+def voids() -> dict:
+    """File name -> the SiGe void of session 18 (x = 0.5, 59 atoms)."""
+    from sparc_bridge.sampling import BulkSpec
+
+    spec = BulkSpec("Si", "diamond", 5.544, 2, "Ge", 0.5, 0)
+    return {"sige_void5.xyz": void(spec.decorate(spec.build(), 91))}
+
+
 #: command-line flag -> (structure set, default folder under data/sparc); no flag: the unseen cells
 STRUCTURE_SETS = {None: (unseen_cells, "unseen/structures"),
                   "--divacancies": (sige_divacancies, "sige/divac/structures"),
                   "--al-slabs": (al_slabs, "al_kpts/slab_structures"),
-                  "--sige-slabs": (sige_slabs, "sige/slab_structures")}
+                  "--sige-slabs": (sige_slabs, "sige/slab_structures"),
+                  "--voids": (voids, "unseen/structures")}
 
 
 def main(argv=None) -> int:

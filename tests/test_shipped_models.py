@@ -258,3 +258,28 @@ def test_al_pbe_108_on_gamma_point_108_atom_cells():
     metrics, _, _ = evaluate_snapshots(model, [load_snapshot(c) for c in cells])
     for m, (eps_bar, cov_bar) in zip(metrics, bars):
         assert m.eps_rho_percent < eps_bar and m.coverage_3sigma >= cov_bar, m.name
+
+
+def test_sige_pbe_on_a_held_out_void():
+    """A void no model was trained on (data/sparc/unseen/sige_void, session 18: Si32Ge32 without an atom and its
+    four nearest neighbours, 59 atoms at 900 K, a hole of 7.21 Bohr): eps 0.775 %, 3-sigma coverage 0.9974 with
+    the surface term (its vacuum is the void's centre; 0.9932 without), the expected error 1.13 %. At the void's
+    centre the sigma still falls short: coverage 0.927 within 3 Bohr of it, |err| 1.37 times sigma there
+    (benchmarks/README.md, session 18)."""
+    from ase_mlrho.domain import nearest_atom_distance_bohr
+    from ase_mlrho.inference import InferenceSettings, run_prediction
+
+    snap = load_snapshot(ROOT / "data" / "sparc" / "unseen" / "sige_void" / "sige_x=0.5_n=2_void5_T=900_seed=91")
+    run = run_prediction(load_model("sige-pbe"), snap.atoms, None, InferenceSettings(), grid=snap.grid)
+    f = run.field
+    err = (f.density - snap.density_e_per_bohr3).ravel()
+    inside = np.abs(err) <= 3 * f.sigma_total.ravel()
+    eps = 50 * np.abs(err).sum() * snap.grid.dv_bohr3 / snap.n_electrons
+    pts = snap.grid.points_bohr(0, snap.grid.n_points)
+    dist = nearest_atom_distance_bohr(snap.atoms.get_positions() / Bohr, snap.grid.cell_bohr, snap.grid.pbc, pts)
+    frac = (pts - pts[np.argmax(dist)]) @ np.linalg.inv(snap.grid.cell_bohr)
+    near = np.linalg.norm((frac - np.round(frac)) @ snap.grid.cell_bohr, axis=1) < 3.0
+    assert len(snap.atoms) == 59 and dist.max() == pytest.approx(7.21, abs=0.01)
+    assert run.summary.surface_term is True and run.summary.hole_warning is None
+    assert eps < 0.80 and inside.mean() >= 0.99
+    assert inside[near].mean() > 0.92  # short of the 0.95 issue 14 asks at an Al vacancy's centre
