@@ -29,7 +29,9 @@ slab at x = 0.4 (4 bilayers of 16 atoms cut at the glide plane, one dangling bon
 ``--voids [OUT_DIR]`` writes the void of session 18 (default data/sparc/unseen/structures): the Si32Ge32 cell
 (x = 0.5, Vegard's 5.544 A, occupation seed 91) without an atom and its four nearest neighbours, 59 atoms, a
 hole of 7.4 Bohr (the removed atom's second neighbours): larger than any bulk or defect hole in training, so
-the surface term of ``sige-pbe`` (``ase_mlrho/surface.py``, fitted on slabs only) sees it as vacuum.
+the surface term of ``sige-pbe`` (``ase_mlrho/surface.py``, fitted on slabs only) sees it as vacuum; and the
+32-atom fcc Al cell without a tetrahedron of four mutually nearest sites, 28 atoms, a hole of 6.25 Bohr (the
+Al di-vacancy's is 5.22).
 """
 
 from __future__ import annotations
@@ -156,11 +158,17 @@ def sige_slabs() -> dict:
 
 
 def voids() -> dict:
-    """File name -> the SiGe void of session 18 (x = 0.5, 59 atoms)."""
+    """File name -> the voids of session 18: SiGe (x = 0.5, 59 atoms) and an Al tetra-vacancy (28 atoms)."""
     from sparc_bridge.sampling import BulkSpec
 
     spec = BulkSpec("Si", "diamond", 5.544, 2, "Ge", 0.5, 0)
-    return {"sige_void5.xyz": void(spec.decorate(spec.build(), 91))}
+    al = al_fcc32()
+    d = al.get_all_distances(mic=True)
+    nn = np.flatnonzero(np.isclose(d[0], 4.05 / np.sqrt(2), atol=1e-6))
+    pair = next((i, j) for i in nn for j in nn if i < j and np.isclose(d[i, j], 4.05 / np.sqrt(2), atol=1e-6))
+    third = next(k for k in nn if k not in pair and all(np.isclose(d[k, p], 4.05 / np.sqrt(2), atol=1e-6) for p in pair))
+    del al[[0, *pair, third]]
+    return {"sige_void5.xyz": void(spec.decorate(spec.build(), 91)), "al_tetravac.xyz": al}
 
 
 #: command-line flag -> (structure set, default folder under data/sparc); no flag: the unseen cells

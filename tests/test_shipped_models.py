@@ -98,23 +98,12 @@ def test_sige_pbe_covers_a_held_out_di_vacancy_at_its_centre():
     points within 3 Bohr of the centre). When shipped (session 17): eps 0.796 %, coverage 0.9958, within 3 Bohr
     of the centre (the grid point farthest from every atom, 5.44 Bohr) 0.999; the hole lies within the training
     cells' (5.62 Bohr), so no hole warning."""
-    from ase_mlrho.domain import nearest_atom_distance_bohr
-    from ase_mlrho.inference import InferenceSettings, run_prediction
-
+    run, snap, eps, cov, cov_centre, hole = _around_the_largest_hole(
+        "sige-pbe", SIGE_DATA / "divac_test" / "sige_x=0.4_n=2_divac_T=1500_seed=74")
     model = load_model("sige-pbe")
-    snap = load_snapshot(SIGE_DATA / "divac_test" / "sige_x=0.4_n=2_divac_T=1500_seed=74")
-    run = run_prediction(model, snap.atoms, None, InferenceSettings(), grid=snap.grid)
-    f = run.field
-    err = np.abs(f.density - snap.density_e_per_bohr3).ravel()
-    inside = err <= 3 * f.sigma_total.ravel()
-    pts = snap.grid.points_bohr(0, snap.grid.n_points)
-    dist = nearest_atom_distance_bohr(snap.atoms.get_positions() / Bohr, snap.grid.cell_bohr, snap.grid.pbc, pts)
-    centre = pts[np.argmax(dist)]
-    frac = (pts - centre) @ np.linalg.inv(snap.grid.cell_bohr)
-    near = np.linalg.norm((frac - np.round(frac)) @ snap.grid.cell_bohr, axis=1) < 3.0
-    assert len(snap.atoms) == 62 and near.sum() > 1000
-    assert inside.mean() >= 0.99 and inside[near].mean() >= 0.95
-    assert run.summary.largest_hole_bohr == pytest.approx(dist.max(), rel=1e-6)
+    assert len(snap.atoms) == 62
+    assert cov >= 0.99 and cov_centre >= 0.95
+    assert run.summary.largest_hole_bohr == pytest.approx(hole, rel=1e-6)
     assert run.summary.largest_hole_bohr < model.training_hole_bohr and run.summary.hole_warning is None
 
 
@@ -260,17 +249,14 @@ def test_al_pbe_108_on_gamma_point_108_atom_cells():
         assert m.eps_rho_percent < eps_bar and m.coverage_3sigma >= cov_bar, m.name
 
 
-def test_sige_pbe_on_a_held_out_void():
-    """A void no model was trained on (data/sparc/unseen/sige_void, session 18: Si32Ge32 without an atom and its
-    four nearest neighbours, 59 atoms at 900 K, a hole of 7.21 Bohr): eps 0.775 %, 3-sigma coverage 0.9974 with
-    the surface term (its vacuum is the void's centre; 0.9932 without), the expected error 1.13 %. At the void's
-    centre the sigma still falls short: coverage 0.927 within 3 Bohr of it, |err| 1.37 times sigma there
-    (benchmarks/README.md, session 18)."""
+def _around_the_largest_hole(model_name, run_dir):
+    """(prediction run, snapshot, eps %, 3-sigma coverage of the cell, coverage within 3 Bohr of the grid point
+    farthest from every atom, that farthest distance) of a shipped model on a SPARC run."""
     from ase_mlrho.domain import nearest_atom_distance_bohr
     from ase_mlrho.inference import InferenceSettings, run_prediction
 
-    snap = load_snapshot(ROOT / "data" / "sparc" / "unseen" / "sige_void" / "sige_x=0.5_n=2_void5_T=900_seed=91")
-    run = run_prediction(load_model("sige-pbe"), snap.atoms, None, InferenceSettings(), grid=snap.grid)
+    snap = load_snapshot(run_dir)
+    run = run_prediction(load_model(model_name), snap.atoms, None, InferenceSettings(), grid=snap.grid)
     f = run.field
     err = (f.density - snap.density_e_per_bohr3).ravel()
     inside = np.abs(err) <= 3 * f.sigma_total.ravel()
@@ -279,7 +265,32 @@ def test_sige_pbe_on_a_held_out_void():
     dist = nearest_atom_distance_bohr(snap.atoms.get_positions() / Bohr, snap.grid.cell_bohr, snap.grid.pbc, pts)
     frac = (pts - pts[np.argmax(dist)]) @ np.linalg.inv(snap.grid.cell_bohr)
     near = np.linalg.norm((frac - np.round(frac)) @ snap.grid.cell_bohr, axis=1) < 3.0
-    assert len(snap.atoms) == 59 and dist.max() == pytest.approx(7.21, abs=0.01)
+    assert near.sum() > 1000
+    return run, snap, eps, inside.mean(), inside[near].mean(), dist.max()
+
+
+def test_sige_pbe_on_a_held_out_void():
+    """A void no model was trained on (data/sparc/unseen/sige_void, session 18: Si32Ge32 without an atom and its
+    four nearest neighbours, 59 atoms at 900 K, a hole of 7.21 Bohr): eps 0.775 %, 3-sigma coverage 0.9974 with
+    the surface term (its vacuum is the void's centre; 0.9932 without), the expected error 1.13 %. At the void's
+    centre the sigma still falls short: coverage 0.927 within 3 Bohr of it, |err| 1.37 times sigma there
+    (benchmarks/README.md, session 18)."""
+    run, snap, eps, cov, cov_centre, hole = _around_the_largest_hole(
+        "sige-pbe", ROOT / "data" / "sparc" / "unseen" / "sige_void" / "sige_x=0.5_n=2_void5_T=900_seed=91")
+    assert len(snap.atoms) == 59 and hole == pytest.approx(7.21, abs=0.01)
     assert run.summary.surface_term is True and run.summary.hole_warning is None
-    assert eps < 0.80 and inside.mean() >= 0.99
-    assert inside[near].mean() > 0.92  # short of the 0.95 issue 14 asks at an Al vacancy's centre
+    assert eps < 0.80 and cov >= 0.99
+    assert cov_centre > 0.92  # short of the 0.95 issue 14 asks at an Al vacancy's centre
+
+
+def test_al_pbe_on_a_held_out_tetra_vacancy():
+    """Four vacancies on a tetrahedron of nearest-neighbour sites (data/sparc/unseen/al_tetravac, session 18: Al28
+    at 600 K, 2x2x2 k-points; the hole, 6.25 Bohr in the perfect lattice, is 5.20 Bohr after the EMT dynamics,
+    as its neighbours move in): eps 1.066 %, 3-sigma coverage 0.9922, within 3 Bohr of the hole's centre 0.922
+    (|err| 1.24 times sigma there); al-pbe has no surface term, and the hole is no vacuum to one (under 7 Bohr)."""
+    run, snap, eps, cov, cov_centre, hole = _around_the_largest_hole(
+        "al-pbe", ROOT / "data" / "sparc" / "unseen" / "al_tetravac" / "al_n=2_tetravac_k=2x2x2_T=600_seed=315")
+    assert len(snap.atoms) == 28 and hole == pytest.approx(5.20, abs=0.01)
+    assert run.summary.surface_term is None and run.summary.hole_warning is None
+    assert eps < 1.10 and cov >= 0.99
+    assert cov_centre > 0.91
