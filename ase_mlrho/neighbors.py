@@ -169,9 +169,9 @@ class PeriodicNeighbors:
         return NeighborResult(dist, atom, disp)
 
     def nearest_distance_within(self, points_bohr, radius_bohr: float, workers: int = 1) -> np.ndarray:
-        """Distance (Bohr) from each point to its nearest atom over all periodic images where that is at most
-        ``radius_bohr``, ``inf`` where no atom is that close: a bounded search, cheaper than :meth:`query` when
-        only near atoms matter."""
+        """Distance (Bohr) from each point to its nearest atom over all periodic images where that is below
+        ``radius_bohr`` (strictly, as scipy's ``distance_upper_bound``), ``inf`` where no atom is that close: a
+        bounded search, cheaper than :meth:`query` when only near atoms matter."""
         pts = np.asarray(points_bohr, dtype=np.float64)
         if self._tree is None or self._radius < radius_bohr:
             self._build_halo(float(radius_bohr))

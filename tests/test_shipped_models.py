@@ -274,12 +274,18 @@ def test_sige_pbe_on_a_held_out_void():
     four nearest neighbours, 59 atoms at 900 K, a hole of 7.21 Bohr): eps 0.775 %, 3-sigma coverage 0.9974 with
     the surface term (its vacuum is the void's centre; 0.9932 without), the expected error 1.13 %. At the void's
     centre the sigma still falls short: coverage 0.927 within 3 Bohr of it, |err| 1.37 times sigma there
-    (benchmarks/README.md, session 18)."""
+    (benchmarks/README.md, session 18). The hole is only just above the term's 7 Bohr: one coarse node lies in it
+    as the cell is given, none after a 0.25-Bohr shift (ase_mlrho.surface, "Resolution"); covered either way."""
+    from ase_mlrho.inference import InferenceSettings, run_prediction
+
     run, snap, eps, cov, cov_centre, hole = _around_the_largest_hole(
         "sige-pbe", ROOT / "data" / "sparc" / "unseen" / "sige_void" / "sige_x=0.5_n=2_void5_T=900_seed=91")
     assert len(snap.atoms) == 59 and hole == pytest.approx(7.21, abs=0.01)
     assert run.summary.surface_term is True and run.summary.hole_warning is None
     assert eps < 0.80 and cov >= 0.99
+    without = run_prediction(load_model("sige-pbe"), snap.atoms, None, InferenceSettings(surface_term=False),
+                             grid=snap.grid).field
+    assert np.mean(np.abs(without.density - snap.density_e_per_bohr3) <= 3 * without.sigma_total) >= 0.99
     assert cov_centre > 0.92  # short of the 0.95 issue 14 asks at an Al vacancy's centre
 
 

@@ -138,9 +138,10 @@ def run(args) -> int:
               f"{reach}")
         cal = model.surface_calibration
         if cal is not None:
-            deep = [f"x{f:.2f} from {e:g} Bohr" for e, f in zip(cal.depth_edges_bohr, cal.factors) if f > 1.0]
-            print("surface term   " + ("applied: the sigma below the free surface raised by depth below the vacuum ("
-                                       + ", ".join(deep[:1] + deep[-1:]) + ")" if s.surface_term else
+            raised = [(e, f) for e, f in zip(cal.depth_edges_bohr, cal.factors) if f > 1.0]
+            how = ", ".join(f"x{f:.2f} from {e:g} Bohr" for e, f in dict.fromkeys(raised[:1] + raised[-1:]))
+            print("surface term   " + (f"applied: the sigma raised by depth below the vacuum ({how or 'all factors 1'})"
+                                       if s.surface_term else
                                        f"not needed: no point is {cal.vacuum_radius_bohr:g} Bohr from every atom"))
         print(f"output         {s.output or '(none: pass -o OUT.zarr|.cube|.dens|.npz to keep the field)'}")
     return 0
