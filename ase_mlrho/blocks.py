@@ -368,17 +368,20 @@ def predict_block(ctx: Context, index: int) -> Block:
     job = ctx.job
     flat = job.plan.flat_indices(index)
     n = flat.size
-    mean, ale, epi, near = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
+    mean, ale, epi, near, factor = np.empty(n), np.empty(n), np.empty(n), np.empty(n), np.ones(n)
     source = ctx.block_source(index)
     cols = nearest_atom_columns(job.model.spec)
     for b0 in range(0, n, job.batch_points):
         b1 = min(b0 + job.batch_points, n)
-        d = source.compute(ctx.grid.points_bohr_at(flat[b0:b1]))
+        points = ctx.grid.points_bohr_at(flat[b0:b1])
+        d = source.compute(points)
         p = job.model.predict(d, weight_sets=ctx.weight_sets)
         mean[b0:b1], ale[b0:b1], epi[b0:b1] = p.mean, p.sigma_aleatoric, p.sigma_epistemic
         near[b0:b1] = d[:, cols].min(axis=1)
+        if job.surface is not None:
+            factor[b0:b1] = job.surface.factor(points, near[b0:b1])
     if job.surface is not None:
-        ale = inflate_aleatoric(ale, epi, job.surface.factor(ctx.grid.points_bohr_at(flat), near))
+        ale = inflate_aleatoric(ale, epi, factor)
     sig_total = np.sqrt(ale * ale + epi * epi)
     thr = job.ood_threshold_e_per_bohr3
     stats = np.array([n, mean.sum(), np.clip(mean, 0.0, None).sum(), sig_total.sum(), sig_total.max(),
@@ -421,11 +424,12 @@ def _predict_block_dense(ctx: Context, index: int) -> Block:
         d = ctx.dense.compute_blocks(groups) if ctx.dense is not None else source.compute_dense(groups, dev, ctx.engine)
         mean[lo:hi], ale[lo:hi], epi[lo:hi] = ctx.predictor.predict(d)
         near[lo:hi] = d[:, cols].amin(dim=1)
-    back = torch.as_tensor(np.argsort(order), device=dev)  # sub-block order -> the block's C order
+    back_order = np.argsort(order)  # sub-block order -> the block's C order
+    back = torch.as_tensor(back_order, device=dev)
     mean, ale, epi = mean[back], ale[back], epi[back]
     near = near[back].double().cpu().numpy()
     if job.surface is not None:
-        g = job.surface.factor(ctx.grid.points_bohr_at(flat), near)
+        g = job.surface.factor(points[back_order], near)
         ale = inflate_aleatoric(ale, epi, torch.as_tensor(g, dtype=ale.dtype, device=dev))
     sig_total = torch.sqrt(ale * ale + epi * epi)
     thr = job.ood_threshold_e_per_bohr3

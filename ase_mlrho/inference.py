@@ -370,8 +370,8 @@ def run_prediction(model, atoms, output=None, settings: InferenceSettings = Infe
         output=None if path is None else str(path), chunks=plan.n_chunks, chunks_resumed=resumed,
         executor=executor.kind, workers=1 if executor.kind == "serial" else executor.workers,
         **hole, hole_margin_bohr=model.mesh_spacing_bohr,
-        surface_term=None if job.surface is None and (model.surface_calibration is None or not settings.surface_term)
-        else job.surface is not None)
+        surface_term=(job.surface is not None) if settings.surface_term and model.surface_calibration is not None
+        else None)
     return PredictionRun(summary, pred)
 
 

@@ -4,7 +4,6 @@ on the total sigma below a surface, the epistemic sigma and the density untouche
 cell without vacuum."""
 
 import copy
-import itertools
 import json
 
 import numpy as np
@@ -19,6 +18,7 @@ from ase_mlrho.inference import InferenceSettings, run_prediction
 from ase_mlrho.model_files import ModelFileError, load_model, save_model
 from ase_mlrho.surface import (METADATA_KEY, SurfaceCalibration, SurfaceDepth, fit_factors, inflate_aleatoric,
                                vacuum_boundary_nodes_bohr)
+from tests import brute_force
 from tests.conftest import ROOT
 
 SIGE = ROOT / "data" / "sparc" / "sige"
@@ -27,11 +27,10 @@ SIGE = ROOT / "data" / "sparc" / "sige"
 def _min_image_distance(points, targets, cell):
     """Brute force: the smallest distance from each point to any periodic image (shifts -1..1 along each
     lattice vector: enough for the cells here, at least 10 Bohr along each vector) of any target."""
+    images, _ = brute_force.image_list(targets, cell, (True,) * 3, 1)
     best = np.full(len(points), np.inf)
-    for shift in itertools.product(range(-1, 2), repeat=3):
-        t = targets + np.asarray(shift) @ cell
-        d = np.sqrt(((points[:, None, :] - t[None, :, :]) ** 2).sum(-1)).min(axis=1)
-        best = np.minimum(best, d)
+    for chunk in np.array_split(images, 27):  # one shift's images at a time: bounded memory
+        best = np.minimum(best, np.sqrt(((points[:, None, :] - chunk[None, :, :]) ** 2).sum(-1)).min(axis=1))
     return best
 
 
