@@ -32,6 +32,19 @@ hole of 7.4 Bohr (the removed atom's second neighbours): larger than any bulk or
 the surface term of ``sige-pbe`` (``ase_mlrho/surface.py``, fitted on slabs only) sees it as vacuum; and the
 32-atom fcc Al cell without a tetrahedron of four mutually nearest sites, 28 atoms, a hole of 6.25 Bohr (the
 Al di-vacancy's is 5.22).
+
+``--sige-voids [OUT_DIR]`` writes the SiGe voids of session 19 (default data/sparc/sige/void_structures): two
+training voids like the held-out one (an atom and its four nearest neighbours removed, 59 atoms) at x = 0.3
+and 0.7 (occupation seeds 92, 93), and a larger held-out void at x = 0.5 (seed 94): an atom with its first
+and second neighbours removed (17 atoms, 47 left), a hole of about 8.7 Bohr (the third neighbours'
+distance), which the surface term sees as vacuum.
+
+``--larger [OUT_DIR]`` writes the larger cells of session 19 (default data/sparc/unseen/structures): the cubic
+cells repeated 2 x 2 x 4 instead of 2 x 2 x 2, twice the atoms of every training cell and a cell twice as long
+along z: Si64Ge64 (x = 0.5, Vegard's 5.544 A, occupation seed 95; Gamma point like every SiGe cell) and Al64
+(a = 4.05 A), computed on a 2x2x1 grid shifted by 0.5, which for the perfect crystal is the Al32 2x2x2 grid of
+``al-pbe``'s training cells unfolded: the same k-point sampling per atom, so the cell differs from the training
+cells only in what a larger cell holds (longer-wavelength thermal displacements).
 """
 
 from __future__ import annotations
@@ -171,12 +184,38 @@ def voids() -> dict:
     return {"sige_void5.xyz": void(spec.decorate(spec.build(), 91)), "al_tetravac.xyz": al}
 
 
+def sige_voids() -> dict:
+    """File name -> the SiGe voids of session 19: five-atom voids at x = 0.3 / 0.7 (training), a 17-atom one at
+    x = 0.5 (held out); Vegard lattices."""
+    from selection_study import vegard_a_ang  # benchmarks/ is on sys.path when a script here runs
+    from sparc_bridge.sampling import BulkSpec
+
+    out = {}
+    for name, x, seed, n_shell in (("sige_x=0.3_void5_s92.xyz", 0.3, 92, 4), ("sige_x=0.7_void5_s93.xyz", 0.7, 93, 4),
+                                   ("sige_x=0.5_void17_s94.xyz", 0.5, 94, 16)):
+        spec = BulkSpec("Si", "diamond", vegard_a_ang(x), 2, "Ge", x, 0)
+        out[name] = void(spec.decorate(spec.build(), seed), n_shell)
+    return out
+
+
+def larger_cells() -> dict:
+    """File name -> the larger cells of session 19: Si64Ge64 (x = 0.5) and Al64, the cubic cells repeated 2 x 2 x 4."""
+    from ase.build import bulk
+    from sparc_bridge.sampling import BulkSpec
+
+    spec = BulkSpec("Si", "diamond", 5.544, 2, "Ge", 0.5, 0)
+    sige = spec.decorate(bulk("Si", "diamond", a=5.544, cubic=True) * (2, 2, 4), 95)
+    return {"sige_2x2x4.xyz": sige, "al_2x2x4.xyz": bulk("Al", "fcc", a=4.05, cubic=True) * (2, 2, 4)}
+
+
 #: command-line flag -> (structure set, default folder under data/sparc); no flag: the unseen cells
 STRUCTURE_SETS = {None: (unseen_cells, "unseen/structures"),
                   "--divacancies": (sige_divacancies, "sige/divac/structures"),
                   "--al-slabs": (al_slabs, "al_kpts/slab_structures"),
                   "--sige-slabs": (sige_slabs, "sige/slab_structures"),
-                  "--voids": (voids, "unseen/structures")}
+                  "--voids": (voids, "unseen/structures"),
+                  "--sige-voids": (sige_voids, "sige/void_structures"),
+                  "--larger": (larger_cells, "unseen/structures")}
 
 
 def main(argv=None) -> int:
