@@ -44,7 +44,7 @@ def test_al_pbe_gamma_on_the_held_out_vacancy_cell():
 
 @pytest.mark.skipif(not (SHARED_SPARC / "sige_T=1200_seed=6").is_dir(), reason="shared SiGe data not found")
 def test_sige_pbe_on_a_held_out_cell():
-    """Si32Ge32 at 1200 K (never trained on): eps 0.508 %, 3-sigma coverage 0.9985 when shipped (session 17)."""
+    """Si32Ge32 at 1200 K (never trained on): eps 0.507 %, 3-sigma coverage 0.9986 when shipped (session 19)."""
     snap = load_snapshot(SHARED_SPARC / "sige_T=1200_seed=6")
     (m,), _, _ = evaluate_snapshots(load_model("sige-pbe"), [snap])
     assert m.eps_rho_percent < 0.55
@@ -68,9 +68,9 @@ def test_sige_pbe_on_committed_held_out_cells_and_its_expected_error():
     """All 13 committed held-out SiGe cells (data/sparc/sige, made by `mlrho datagen`; x = 0.3 / 0.7 from
     session 11, when the model had not seen those compositions; since session 12 it is trained on the
     selection study's pool, other seeds and temperatures at x = 0.3-0.7; since session 14 on three
-    di-vacancies too, since sessions 16-17 on free slabs). When shipped (session 17, an ensemble of 4): x = 0.5
-    at 1800 K eps 0.683 %, 3-sigma coverage 0.9963; x = 0.4 at 2300 K 0.744 %, 0.9963; the x = 0.3 vacancy
-    0.785 %, 0.9990; every cell's coverage >= 0.9960. The eps the sigma predicts (sqrt(2/pi) integral sigma dV /
+    di-vacancies too, since sessions 16-17 on free slabs, since session 19 on two voids). When shipped (session
+    19, an ensemble of 4): x = 0.5 at 1800 K eps 0.681 %, 3-sigma coverage 0.9963; x = 0.4 at 2300 K 0.742 %,
+    0.9964; the x = 0.3 vacancy 0.778 %, 0.9990; every cell's coverage >= 0.9962. The eps the sigma predicts (sqrt(2/pi) integral sigma dV /
     N_e) is 1.03-1.33 times the measured one, and across the cells Pearson(eps, epistemic sigma per electron) =
     0.97 (0.69 with the mean
     epistemic sigma in e/Bohr^3, which grows with a cell's Ge content and electron density where eps does
@@ -95,8 +95,8 @@ def test_sige_pbe_on_committed_held_out_cells_and_its_expected_error():
 def test_sige_pbe_covers_a_held_out_di_vacancy_at_its_centre():
     """The held-out x = 0.4 di-vacancy at 1500 K (data/sparc/sige/divac_test; sige-pbe has three other
     di-vacancies in its training data since session 14, where the session-12 model covered only 0.872 of the
-    points within 3 Bohr of the centre). When shipped (session 17): eps 0.796 %, coverage 0.9958, within 3 Bohr
-    of the centre (the grid point farthest from every atom, 5.44 Bohr) 0.999; the hole lies within the training
+    points within 3 Bohr of the centre). When shipped (session 19): eps 0.788 %, coverage 0.9960, within 3 Bohr
+    of the centre (the grid point farthest from every atom, 5.44 Bohr) 1.000; the hole lies within the training
     cells' (5.62 Bohr), so no hole warning."""
     run, snap, eps, cov, cov_centre, hole = _around_the_largest_hole(
         "sige-pbe", SIGE_DATA / "divac_test" / "sige_x=0.4_n=2_divac_T=1500_seed=74")
@@ -128,8 +128,10 @@ def test_sige_pbe_on_held_out_free_surfaces():
     then 1.731 % and 0.9505, then (session 17's weights) 1.642 % and 0.9604, the shortfall in the slab's inner
     bilayers (coverage 0.83 at 6-8 Bohr below the surface; benchmarks/slab_depth.py, benchmarks/README.md). Since
     session 18 the model carries a surface term (ase_mlrho.surface), fitted on its five training slabs only:
-    the same weights cover the (111) slab 0.9923 and the (100) slab 0.9968, and the error the sigma predicts
-    (eps_exp) for the (111) slab is 1.610 % against 1.642 % measured (1.300 % without the term).
+    session 17's weights then covered the (111) slab 0.9923 and the (100) slab 0.9968, and the error the sigma
+    predicted (eps_exp) for the (111) slab was 1.610 % against 1.642 % measured (1.300 % without the term). Session
+    19's weights (two voids added), with the term refitted: (111) 1.621 %, 0.9920, eps_exp 1.563 %; (100) 1.219 %,
+    0.9971.
     Its training domain reaches into the vacuum (largest training hole 10.66 Bohr)."""
     m100, m111 = _held_out_slab_metrics(
         "sige-pbe", 10.664, {"sige_x=0.3_slab100_T=1500_seed=331", "sige_x=0.7_slab110_T=900_seed=333",
@@ -270,23 +272,51 @@ def _around_the_largest_hole(model_name, run_dir):
 
 
 def test_sige_pbe_on_a_held_out_void():
-    """A void no model was trained on (data/sparc/unseen/sige_void, session 18: Si32Ge32 without an atom and its
-    four nearest neighbours, 59 atoms at 900 K, a hole of 7.21 Bohr): eps 0.775 %, 3-sigma coverage 0.9974 with
-    the surface term (its vacuum is the void's centre; 0.9932 without), the expected error 1.13 %. At the void's
-    centre the sigma still falls short: coverage 0.927 within 3 Bohr of it, |err| 1.37 times sigma there
-    (benchmarks/README.md, session 18). The hole is only just above the term's 7 Bohr: one coarse node lies in it
-    as the cell is given, none after a 0.25-Bohr shift (ase_mlrho.surface, "Resolution"); covered either way."""
+    """A held-out void (data/sparc/unseen/sige_void, session 18: Si32Ge32 without an atom and its four nearest
+    neighbours, 59 atoms at 900 K, a hole of 7.21 Bohr). Session 18's model, which had seen no void: eps 0.775 %,
+    3-sigma coverage 0.9974 with the surface term (its vacuum is the void's centre; 0.9932 without), but within 3
+    Bohr of the centre only 0.927, |err| 1.37 times sigma there. Since session 19 sige-pbe is trained on two voids
+    of the same kind at other compositions (x = 0.3, 0.7; data/sparc/sige/void*): eps 0.751 %, coverage 0.9982,
+    within 3 Bohr of the centre 0.997 (|err| 0.67 sigma). The hole is only just above the term's 7 Bohr: one
+    coarse node lies in it as the cell is given, none after a 0.25-Bohr shift (ase_mlrho.surface,
+    "Resolution"); covered either way."""
     from ase_mlrho.inference import InferenceSettings, run_prediction
 
     run, snap, eps, cov, cov_centre, hole = _around_the_largest_hole(
         "sige-pbe", ROOT / "data" / "sparc" / "unseen" / "sige_void" / "sige_x=0.5_n=2_void5_T=900_seed=91")
     assert len(snap.atoms) == 59 and hole == pytest.approx(7.21, abs=0.01)
     assert run.summary.surface_term is True and run.summary.hole_warning is None
-    assert eps < 0.80 and cov >= 0.99
+    assert eps < 0.78 and cov >= 0.99
     without = run_prediction(load_model("sige-pbe"), snap.atoms, None, InferenceSettings(surface_term=False),
                              grid=snap.grid).field
     assert np.mean(np.abs(without.density - snap.density_e_per_bohr3) <= 3 * without.sigma_total) >= 0.99
-    assert cov_centre > 0.92  # short of the 0.95 issue 14 asks at an Al vacancy's centre
+    assert cov_centre >= 0.95  # issue 14's bar at an Al vacancy's centre; 0.927 before voids were in training
+    trained = {s["name"] for s in load_model("sige-pbe").metadata["training"]["train_snapshots"]}
+    assert {"sige_x=0.3_n=2_void5_T=600_seed=92", "sige_x=0.7_n=2_void5_T=1500_seed=93"} <= trained
+    assert snap.name not in trained
+
+
+def test_sige_pbe_on_a_larger_held_out_void():
+    """A void larger than any in training (data/sparc/unseen/sige_void17, session 19: Si32Ge32 without an atom and
+    its first and second neighbours, 47 atoms at 1200 K, a hole of 8.24 Bohr, vacuum to the surface term). When
+    shipped: eps 1.364 %, 3-sigma coverage 0.9967, 0.999 within 3 Bohr of the centre; the out-of-distribution
+    warning fires (3.7 % of the points above the validation p99.9). Session 18's model: 1.417 %, 0.9940, 0.958."""
+    run, snap, eps, cov, cov_centre, hole = _around_the_largest_hole(
+        "sige-pbe", ROOT / "data" / "sparc" / "unseen" / "sige_void17" / "sige_x=0.5_n=2_void17_T=1200_seed=94")
+    assert len(snap.atoms) == 47 and hole == pytest.approx(8.24, abs=0.01)
+    assert run.summary.surface_term is True and run.summary.ood_warning is not None
+    assert eps < 1.45 and cov >= 0.99 and cov_centre >= 0.95
+
+
+def test_sige_pbe_on_a_larger_held_out_cell():
+    """Si64Ge64 (data/sparc/unseen/sige_2x2x4, session 19: the cubic cell repeated 2 x 2 x 4, 128 atoms, x = 0.5
+    at 1200 K, Gamma point like every training cell, 1150 s of SPARC): as accurate and as well covered as the
+    64-atom cells the model was trained on sizes of. When shipped: eps 0.508 % (the held-out 64-atom cell at the same
+    composition and temperature: 0.507 %), 3-sigma coverage 0.9991, no warning."""
+    snap = load_snapshot(ROOT / "data" / "sparc" / "unseen" / "sige_2x2x4" / "sige_x=0.5_n=2x2x4_T=1200_seed=95")
+    (m,), _, _ = evaluate_snapshots(load_model("sige-pbe"), [snap])
+    assert len(snap.atoms) == 128 and np.isclose(snap.n_electrons, 64 * 4 + 64 * 14)
+    assert m.eps_rho_percent < 0.55 and m.coverage_3sigma >= 0.99
 
 
 def test_al_pbe_on_a_held_out_tetra_vacancy():
