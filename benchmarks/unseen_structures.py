@@ -103,16 +103,19 @@ def unseen_cells() -> dict:
 DIVACANCIES = ((0.3, 71), (0.5, 72), (0.7, 73), (0.4, 74))
 
 
-def sige_divacancies() -> dict:
-    """File name -> structure of the SiGe di-vacancies in :data:`DIVACANCIES` (Vegard lattices)."""
+def sige_alloy(x: float, seed: int, build=None):
+    """Si(1-x)Ge(x) on its Vegard lattice, the occupation of ``BulkSpec.decorate`` with ``seed``: the 64-atom cubic
+    cell, or the structure ``build(a_ang)`` makes."""
     from selection_study import vegard_a_ang  # benchmarks/ is on sys.path when a script here runs
     from sparc_bridge.sampling import BulkSpec
 
-    out = {}
-    for x, seed in DIVACANCIES:
-        spec = BulkSpec("Si", "diamond", vegard_a_ang(x), 2, "Ge", x, 0)
-        out[f"sige_x={x}_divac_s{seed}.xyz"] = divacancy(spec.decorate(spec.build(), seed))
-    return out
+    spec = BulkSpec("Si", "diamond", vegard_a_ang(x), 2, "Ge", x, 0)
+    return spec.decorate(spec.build() if build is None else build(vegard_a_ang(x)), seed)
+
+
+def sige_divacancies() -> dict:
+    """File name -> structure of the SiGe di-vacancies in :data:`DIVACANCIES` (Vegard lattices)."""
+    return {f"sige_x={x}_divac_s{seed}.xyz": divacancy(sige_alloy(x, seed)) for x, seed in DIVACANCIES}
 
 
 def al_slabs() -> dict:
@@ -149,8 +152,6 @@ def sige_slabs() -> dict:
     x = 0.4 (held out, session 16) and (111) at x = 0.3, 0.5 and 0.6 (training, session 17: other seeds and
     compositions of the held-out cut); 64 atoms each."""
     from ase.build import bulk, surface
-    from selection_study import vegard_a_ang  # benchmarks/ is on sys.path when a script here runs
-    from sparc_bridge.sampling import BulkSpec
 
     def slab100(a):
         return slab(bulk("Si", "diamond", a=a, cubic=True) * (2, 2, 2))
@@ -165,8 +166,7 @@ def sige_slabs() -> dict:
                                  ("sige_x=0.6_slab111_s335.xyz", 0.6, 335, diamond111_slab),
                                  ("sige_x=0.3_slab111_s336.xyz", 0.3, 336, diamond111_slab),
                                  ("sige_x=0.5_slab111_s337.xyz", 0.5, 337, diamond111_slab)):
-        spec = BulkSpec("Si", "diamond", vegard_a_ang(x), 2, "Ge", x, 0)
-        out[name] = spec.decorate(build(vegard_a_ang(x)), seed)
+        out[name] = sige_alloy(x, seed, build)
     return out
 
 
@@ -177,25 +177,23 @@ def voids() -> dict:
     spec = BulkSpec("Si", "diamond", 5.544, 2, "Ge", 0.5, 0)
     al = al_fcc32()
     d = al.get_all_distances(mic=True)
-    nn = np.flatnonzero(np.isclose(d[0], 4.05 / np.sqrt(2), atol=1e-6))
-    pair = next((i, j) for i in nn for j in nn if i < j and np.isclose(d[i, j], 4.05 / np.sqrt(2), atol=1e-6))
-    third = next(k for k in nn if k not in pair and all(np.isclose(d[k, p], 4.05 / np.sqrt(2), atol=1e-6) for p in pair))
+    bond = 4.05 / np.sqrt(2)
+    nn = np.flatnonzero(np.isclose(d[0], bond, atol=1e-6))
+    pair = next((i, j) for i in nn for j in nn if i < j and np.isclose(d[i, j], bond, atol=1e-6))
+    third = next(k for k in nn if k not in pair and all(np.isclose(d[k, p], bond, atol=1e-6) for p in pair))
     del al[[0, *pair, third]]
     return {"sige_void5.xyz": void(spec.decorate(spec.build(), 91)), "al_tetravac.xyz": al}
+
+
+#: the SiGe voids of session 19: (x, occupation seed, neighbours removed with the central atom)
+SIGE_VOIDS = ((0.3, 92, 4), (0.7, 93, 4), (0.5, 94, 16))
 
 
 def sige_voids() -> dict:
     """File name -> the SiGe voids of session 19: five-atom voids at x = 0.3 / 0.7 (training), a 17-atom one at
     x = 0.5 (held out); Vegard lattices."""
-    from selection_study import vegard_a_ang  # benchmarks/ is on sys.path when a script here runs
-    from sparc_bridge.sampling import BulkSpec
-
-    out = {}
-    for name, x, seed, n_shell in (("sige_x=0.3_void5_s92.xyz", 0.3, 92, 4), ("sige_x=0.7_void5_s93.xyz", 0.7, 93, 4),
-                                   ("sige_x=0.5_void17_s94.xyz", 0.5, 94, 16)):
-        spec = BulkSpec("Si", "diamond", vegard_a_ang(x), 2, "Ge", x, 0)
-        out[name] = void(spec.decorate(spec.build(), seed), n_shell)
-    return out
+    return {f"sige_x={x}_void{n_shell + 1}_s{seed}.xyz": void(sige_alloy(x, seed), n_shell)
+            for x, seed, n_shell in SIGE_VOIDS}
 
 
 def larger_cells() -> dict:

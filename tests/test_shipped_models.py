@@ -287,11 +287,11 @@ def test_sige_pbe_on_a_held_out_void():
     assert len(snap.atoms) == 59 and hole == pytest.approx(7.21, abs=0.01)
     assert run.summary.surface_term is True and run.summary.hole_warning is None
     assert eps < 0.78 and cov >= 0.99
-    without = run_prediction(load_model("sige-pbe"), snap.atoms, None, InferenceSettings(surface_term=False),
-                             grid=snap.grid).field
+    model = load_model("sige-pbe")
+    without = run_prediction(model, snap.atoms, None, InferenceSettings(surface_term=False), grid=snap.grid).field
     assert np.mean(np.abs(without.density - snap.density_e_per_bohr3) <= 3 * without.sigma_total) >= 0.99
     assert cov_centre >= 0.95  # issue 14's bar at an Al vacancy's centre; 0.927 before voids were in training
-    trained = {s["name"] for s in load_model("sige-pbe").metadata["training"]["train_snapshots"]}
+    trained = {s["name"] for s in model.metadata["training"]["train_snapshots"]}
     assert {"sige_x=0.3_n=2_void5_T=600_seed=92", "sige_x=0.7_n=2_void5_T=1500_seed=93"} <= trained
     assert snap.name not in trained
 

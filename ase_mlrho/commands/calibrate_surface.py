@@ -51,10 +51,7 @@ def run(args) -> int:
                                       log=None if args.json else print)
     except (common.CommandError, ModelFileError, SnapshotError, ValueError) as exc:
         return common.fail(name, exc)
-    import shlex
-
-    entry = {**cal.to_metadata(), "command": "mlrho " + " ".join(shlex.quote(str(a)) for a in args.argv),
-             "cells": cells}
+    entry = {**cal.to_metadata(), "command": common.command_line(args), "cells": cells}
     model.metadata.setdefault("calibration", {})[METADATA_KEY] = entry
     try:
         path = save_model(model, args.output)

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -176,6 +177,11 @@ def check_reference(model, run_dir) -> None:
         raise CommandError(str(exc)) from None
     except (OSError, KeyError, ValueError) as exc:
         raise CommandError(f"{run_dir}: cannot read the reference run's settings ({exc})") from None
+
+
+def command_line(args) -> str:
+    """The command as the user typed it (``mlrho`` and its arguments, shell-quoted), for a model file's metadata."""
+    return "mlrho " + " ".join(shlex.quote(str(a)) for a in args.argv)
 
 
 def check_model_output(path) -> None:

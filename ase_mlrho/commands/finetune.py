@@ -10,9 +10,10 @@ Snapshots whose SCF did not converge (``meta.json`` ``"converged": false`` or SP
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from pathlib import Path
+
+from . import common
 
 
 def register(subparsers) -> None:
@@ -90,7 +91,7 @@ def run(args) -> int:
             raise ValueError(f"cannot write {out}: directory {out.parent} does not exist")
         settings = {} if not args.settings_from else carried_settings(
             load_model(args.settings_from), reference, list(base.network.spec.species), train[0].atoms.cell[:])
-        command = "mlrho " + " ".join(shlex.quote(str(a)) for a in args.argv)
+        command = common.command_line(args)
         model = finetune_model(base, train, val, args.freeze, config, name=args.name or out.stem,
                                base_path=base_path, checkpoint=args.checkpoint,
                                extra_metadata={"training_command": command,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from pathlib import Path
+
+from . import common
 
 
 def register(subparsers) -> None:
@@ -110,7 +111,7 @@ def run(args) -> int:
         print(f"mlrho train: {exc}", file=sys.stderr)
         return 2
     name = args.name or out.stem
-    command = "mlrho " + " ".join(shlex.quote(str(a)) for a in args.argv)
+    command = common.command_line(args)
     model = train_model(train, val, spec, net_cfg, train_cfg, name=name, checkpoint=args.checkpoint,
                         extra_metadata={"training_command": command, METADATA_KEY: reference.to_dict(), **settings})
     save_model(model, out)
