@@ -30,8 +30,9 @@ slab at x = 0.4 (4 bilayers of 16 atoms cut at the glide plane, one dangling bon
 (x = 0.5, Vegard's 5.544 A, occupation seed 91) without an atom and its four nearest neighbours, 59 atoms, a
 hole of 7.4 Bohr (the removed atom's second neighbours): larger than any bulk or defect hole in training, so
 the surface term of ``sige-pbe`` (``ase_mlrho/surface.py``, fitted on slabs only) sees it as vacuum; and the
-32-atom fcc Al cell without a tetrahedron of four mutually nearest sites, 28 atoms, a hole of 6.25 Bohr (the
-Al di-vacancy's is 5.22).
+32-atom fcc Al cell without a tetrahedron of four mutually nearest sites, 28 atoms, a hole of 6.35 Bohr (the
+Al di-vacancy's is 5.22); since session 20 also a held-out Al penta-vacancy (the tetrahedron and a fifth site
+bonded to two of its sites, 27 atoms).
 
 ``--sige-voids [OUT_DIR]`` writes the SiGe voids of session 19 (default data/sparc/sige/void_structures): two
 training voids like the held-out one (an atom and its four nearest neighbours removed, 59 atoms) at x = 0.3
@@ -45,6 +46,12 @@ along z: Si64Ge64 (x = 0.5, Vegard's 5.544 A, occupation seed 95; Gamma point li
 (a = 4.05 A), computed on a 2x2x1 grid shifted by 0.5, which for the perfect crystal is the Al32 2x2x2 grid of
 ``al-pbe``'s training cells unfolded: the same k-point sampling per atom, so the cell differs from the training
 cells only in what a larger cell holds (longer-wavelength thermal displacements).
+
+``--al-voids [OUT_DIR]`` writes the aluminium training voids of session 20 (default
+data/sparc/al_kpts/void_structures): the held-out tetra-vacancy's cut (28 atoms), to be thermalised at another
+temperature and seed, and an octahedral hexa-vacancy (the six atoms around an octahedral interstice removed, 26
+atoms, a hole of 6.63 Bohr in the perfect lattice, the tetra-vacancy's is 6.35): ``al-pbe`` trains on both, the
+held-out tetra-vacancy of ``data/sparc/unseen`` stays held out.
 """
 
 from __future__ import annotations
@@ -175,14 +182,54 @@ def voids() -> dict:
     from sparc_bridge.sampling import BulkSpec
 
     spec = BulkSpec("Si", "diamond", 5.544, 2, "Ge", 0.5, 0)
+    return {"sige_void5.xyz": void(spec.decorate(spec.build(), 91)), "al_tetravac.xyz": al_tetravacancy(),
+            "al_pentavac.xyz": al_pentavacancy()}
+
+
+def _al_tetrahedron(al):
+    """Atom 0 and three of its nearest neighbours that are nearest neighbours of each other (fcc Al, a = 4.05 A),
+    and the table of nearest-neighbour pairs."""
+    bonded = np.isclose(al.get_all_distances(mic=True), 4.05 / np.sqrt(2), atol=1e-6)
+    nn = np.flatnonzero(bonded[0])
+    pair = next((i, j) for i in nn for j in nn if i < j and bonded[i, j])
+    third = next(k for k in nn if k not in pair and all(bonded[k, p] for p in pair))
+    return [0, *pair, third], bonded
+
+
+def al_tetravacancy():
+    """The 32-atom fcc Al cell without a tetrahedron of mutually nearest sites: 28 atoms, a hole of 6.35 Bohr."""
     al = al_fcc32()
-    d = al.get_all_distances(mic=True)
-    bond = 4.05 / np.sqrt(2)
-    nn = np.flatnonzero(np.isclose(d[0], bond, atol=1e-6))
-    pair = next((i, j) for i in nn for j in nn if i < j and np.isclose(d[i, j], bond, atol=1e-6))
-    third = next(k for k in nn if k not in pair and all(np.isclose(d[k, p], bond, atol=1e-6) for p in pair))
-    del al[[0, *pair, third]]
-    return {"sige_void5.xyz": void(spec.decorate(spec.build(), 91)), "al_tetravac.xyz": al}
+    sites, _ = _al_tetrahedron(al)
+    del al[sites]
+    return al
+
+
+def al_pentavacancy():
+    """The tetra-vacancy with a fifth site removed, the lowest-index atom bonded to two of the tetrahedron's: 27
+    atoms, a hole of 6.25 Bohr in the perfect lattice (held out since session 20, a shape no training cell has)."""
+    al = al_fcc32()
+    sites, bonded = _al_tetrahedron(al)
+    fifth = next(i for i in range(len(al)) if i not in sites and bonded[i, sites].sum() == 2)
+    del al[[*sites, fifth]]
+    return al
+
+
+def al_hexavacancy():
+    """The 32-atom fcc Al cell without the six atoms around the octahedral interstice next to atom 0 (a/2 along
+    x): an octahedron of sites, 26 atoms, a hole of 6.63 Bohr (the interstice's second shell, sqrt(3) a / 2)."""
+    from ase.geometry import get_distances
+
+    al = al_fcc32()
+    site = al.positions[0] + [4.05 / 2, 0.0, 0.0]
+    _, d = get_distances([site], al.positions, cell=al.cell, pbc=True)
+    del al[np.flatnonzero(d[0] < 0.6 * 4.05)]
+    return al
+
+
+def al_voids() -> dict:
+    """File name -> the Al training voids of session 20: a tetra-vacancy (the held-out cell's cut, thermalised at
+    another temperature and seed) and an octahedral hexa-vacancy, a larger hole than the held-out one."""
+    return {"al_tetravac.xyz": al_tetravacancy(), "al_hexavac.xyz": al_hexavacancy()}
 
 
 #: the SiGe voids of session 19: (x, occupation seed, neighbours removed with the central atom)
@@ -213,7 +260,8 @@ STRUCTURE_SETS = {None: (unseen_cells, "unseen/structures"),
                   "--sige-slabs": (sige_slabs, "sige/slab_structures"),
                   "--voids": (voids, "unseen/structures"),
                   "--sige-voids": (sige_voids, "sige/void_structures"),
-                  "--larger": (larger_cells, "unseen/structures")}
+                  "--larger": (larger_cells, "unseen/structures"),
+                  "--al-voids": (al_voids, "al_kpts/void_structures")}
 
 
 def main(argv=None) -> int:

@@ -157,7 +157,8 @@ def test_al_pbe_on_held_out_kpoint_cells():
     (data/sparc/al_kpts/test*: never trained, validated or calibrated on). When shipped (session 15: session 8's
     14 training cells, strained ones among them, and two free slabs; 2 validation cells; one weight set per member
     by default): Al32 800 K eps 0.669 %, 3-sigma coverage 0.998, miscalibration 0.040; Al32 1500 K 0.796 %, 0.998,
-    0.042; Al31 vacancy 600 K 0.606 %, 0.998, 0.085 (session 8's model without slabs: 0.665 / 0.807 / 0.596 %).
+    0.042; Al31 vacancy 600 K 0.606 %, 0.998, 0.085 (session 8's model without slabs: 0.665 / 0.807 / 0.596 %;
+    session 20's, fine-tuned with three voids as well: 0.673 / 0.795 / 0.598 %, coverage 0.998 / 0.997 / 0.998).
     The model records the settings of its references."""
     model = load_model("al-pbe")
     ref = model.metadata["sparc_reference"]
@@ -188,8 +189,9 @@ def test_al_pbe_on_held_out_free_surfaces():
     """al-pbe has two free Al slabs in its training data (session 15: (100) at 1200 K and (110) at 900 K, 10 A of
     vacuum). On the held-out (100) slab at 600 K (data/sparc/unseen/al_slab, SPARC, 2x2x1 k-points) session 8's
     model, which had seen no surface, was 16.5 % off with 3-sigma coverage 0.555 (benchmarks/README.md); the
-    shipped one: eps 1.262 %, coverage 0.9990. On a held-out (111) slab at 900 K, an orientation it never saw
-    (data/sparc/al_kpts/test_slab111): 13.05 % and 0.518 before, 1.269 % and 0.9993 now. Its training domain now
+    session-15 one: eps 1.262 %, coverage 0.9990 (session 20's, with three voids as well: 1.229 %, 0.9992). On a
+    held-out (111) slab at 900 K, an orientation it never saw (data/sparc/al_kpts/test_slab111): 13.05 % and
+    0.518 before, 1.269 % and 0.9993 with slabs (session 20: 1.207 %, 0.9993). Its training domain now
     reaches into the vacuum (the largest hole of its training cells, 9.74 Bohr), so a slab of the same vacuum
     raises no hole warning."""
     metrics = _held_out_slab_metrics(
@@ -319,24 +321,37 @@ def test_sige_pbe_on_a_larger_held_out_cell():
     assert m.eps_rho_percent < 0.55 and m.coverage_3sigma >= 0.99
 
 
-def test_al_pbe_on_a_held_out_tetra_vacancy():
-    """Four vacancies on a tetrahedron of nearest-neighbour sites (data/sparc/unseen/al_tetravac, session 18: Al28
-    at 600 K, 2x2x2 k-points; the hole, 6.25 Bohr in the perfect lattice, is 5.20 Bohr after the EMT dynamics,
-    as its neighbours move in): eps 1.066 %, 3-sigma coverage 0.9922, within 3 Bohr of the hole's centre 0.922
-    (|err| 1.24 times sigma there); al-pbe has no surface term, and the hole is no vacuum to one (under 7 Bohr)."""
-    run, snap, eps, cov, cov_centre, hole = _around_the_largest_hole(
-        "al-pbe", ROOT / "data" / "sparc" / "unseen" / "al_tetravac" / "al_n=2_tetravac_k=2x2x2_T=600_seed=315")
-    assert len(snap.atoms) == 28 and hole == pytest.approx(5.20, abs=0.01)
+@pytest.mark.parametrize("cell, atoms, hole_bohr, eps_bar, centre_bar", [
+    # the issue-14 bar: at a held-out Al31 vacancy, >= 0.95 within 3 Bohr of its centre
+    ("al_kpts/test_vacancy/al_n=2_vac=1_k=2x2x2_T=600_seed=303", 31, 4.89, 0.63, 0.95),
+    ("unseen/al_tetravac/al_n=2_tetravac_k=2x2x2_T=600_seed=315", 28, 5.20, 1.00, 0.95),
+])
+def test_al_pbe_covers_held_out_vacancies_at_their_centres(cell, atoms, hole_bohr, eps_bar, centre_bar):
+    """The held-out Al31 vacancy (600 K) and a tetra-vacancy: four vacancies on a tetrahedron of nearest-neighbour
+    sites (data/sparc/unseen/al_tetravac, session 18: Al28 at 600 K, 2x2x2 k-points; the hole, 6.35 Bohr in the
+    perfect lattice, is 5.20 Bohr after the EMT dynamics, as its neighbours move in). Session 15's al-pbe, which
+    had seen one single vacancy: the tetra-vacancy's eps 1.066 %, 3-sigma coverage 0.9922, within 3 Bohr of the
+    hole's centre only 0.922 (|err| 1.24 times sigma there). Since session 20 al-pbe is trained on three voids of
+    the Al32 cell (data/sparc/al_kpts/train_tetravac*, train_hexavac: the same cut at 945 and 450 K, an
+    octahedral hexa-vacancy at 315 K): tetra-vacancy eps 0.962 %, coverage 0.9967, 0.986 at the centre; the
+    Al31 vacancy 0.598 %, 0.9981, 0.994 at the centre (session 15: 0.606 %, 0.9982). al-pbe has no surface term,
+    and neither hole is vacuum to one (under 7 Bohr)."""
+    model = load_model("al-pbe")
+    trained = {s["name"] for s in model.metadata["training"]["train_snapshots"]}
+    assert {"al_n=2_tetravac_k=2x2x2_T=945_seed=325", "al_n=2_tetravac_k=2x2x2_T=450_seed=327",
+            "al_n=2_hexavac_k=2x2x2_T=315_seed=326"} <= trained and cell.split("/")[-1] not in trained
+    run, snap, eps, cov, cov_centre, hole = _around_the_largest_hole("al-pbe", ROOT / "data" / "sparc" / cell)
+    assert len(snap.atoms) == atoms and hole == pytest.approx(hole_bohr, abs=0.01)
     assert run.summary.surface_term is None and run.summary.hole_warning is None
-    assert eps < 1.10 and cov >= 0.99
-    assert cov_centre > 0.91
+    assert eps < eps_bar and cov >= 0.99
+    assert cov_centre >= centre_bar
 
 
 def test_al_pbe_on_a_larger_held_out_kpoint_cell():
     """Al64 (data/sparc/unseen/al_2x2x4, session 19: the cubic cell repeated 2 x 2 x 4, EMT at 630 K) on a 2x2x1
     grid shifted by 0.5, for the perfect crystal the Al32 2x2x2 grid of the training cells unfolded: the same
-    k-point sampling, twice the atoms. When shipped: eps 0.605 % (the held-out Al32 cells 0.61-0.80 %), 3-sigma
-    coverage 0.9957, no warning."""
+    k-point sampling, twice the atoms. Session 15's al-pbe: eps 0.605 % (the held-out Al32 cells 0.61-0.80 %),
+    3-sigma coverage 0.9957, no warning; session 20's (trained on three voids as well): 0.605 %, 0.9938."""
     snap = load_snapshot(ROOT / "data" / "sparc" / "unseen" / "al_2x2x4" / "al_n=2x2x4_k=2x2x1_T=630_seed=316")
     (m,), _, _ = evaluate_snapshots(load_model("al-pbe"), [snap])
     assert len(snap.atoms) == 64 and np.isclose(snap.n_electrons, 64 * 3)
