@@ -321,14 +321,14 @@ def test_sige_pbe_on_a_larger_held_out_cell():
     assert m.eps_rho_percent < 0.55 and m.coverage_3sigma >= 0.99
 
 
-@pytest.mark.parametrize("cell, atoms, hole_bohr, eps_bar, centre_bar", [
-    # the issue-14 bar: at a held-out Al31 vacancy, >= 0.95 within 3 Bohr of its centre
-    ("al_kpts/test_vacancy/al_n=2_vac=1_k=2x2x2_T=600_seed=303", 31, 4.89, 0.63, 0.95),
-    ("unseen/al_tetravac/al_n=2_tetravac_k=2x2x2_T=600_seed=315", 28, 5.20, 1.00, 0.95),
-    ("unseen/al_pentavac/al_n=2_pentavac_k=2x2x2_T=450_seed=331", 27, 5.96, 1.05, 0.95),
+@pytest.mark.parametrize("cell, atoms, hole_bohr, eps_bar", [
+    ("al_kpts/test_vacancy/al_n=2_vac=1_k=2x2x2_T=600_seed=303", 31, 4.89, 0.63),
+    ("unseen/al_tetravac/al_n=2_tetravac_k=2x2x2_T=600_seed=315", 28, 5.20, 1.00),
+    ("unseen/al_pentavac/al_n=2_pentavac_k=2x2x2_T=450_seed=331", 27, 5.96, 1.05),
 ])
-def test_al_pbe_covers_held_out_vacancies_at_their_centres(cell, atoms, hole_bohr, eps_bar, centre_bar):
-    """The held-out Al31 vacancy (600 K) and a tetra-vacancy: four vacancies on a tetrahedron of nearest-neighbour
+def test_al_pbe_covers_held_out_vacancies_at_their_centres(cell, atoms, hole_bohr, eps_bar):
+    """Issue 14's bar at a defect: 3-sigma coverage >= 0.95 within 3 Bohr of the centre of a held-out Al31
+    vacancy (600 K), asked here of larger vacancy clusters too. A tetra-vacancy: four vacancies on a tetrahedron of nearest-neighbour
     sites (data/sparc/unseen/al_tetravac, session 18: Al28 at 600 K, 2x2x2 k-points; the hole, 6.35 Bohr in the
     perfect lattice, is 5.20 Bohr after the EMT dynamics, as its neighbours move in). Session 15's al-pbe, which
     had seen one single vacancy: the tetra-vacancy's eps 1.066 %, 3-sigma coverage 0.9922, within 3 Bohr of the
@@ -349,7 +349,7 @@ def test_al_pbe_covers_held_out_vacancies_at_their_centres(cell, atoms, hole_boh
     assert len(snap.atoms) == atoms and hole == pytest.approx(hole_bohr, abs=0.01)
     assert run.summary.surface_term is None and run.summary.hole_warning is None
     assert eps < eps_bar and cov >= 0.99
-    assert cov_centre >= centre_bar
+    assert cov_centre >= 0.95
 
 
 def test_al_pbe_on_a_larger_held_out_kpoint_cell():
