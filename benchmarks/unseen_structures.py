@@ -63,6 +63,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: the fcc Al lattice constant every Al structure here is cut from (A)
+AL_A_ANG = 4.05
+
 
 def divacancy(atoms):
     """``atoms`` without atom 0 and its nearest neighbour (periodic images counted)."""
@@ -92,7 +95,7 @@ def al_fcc32():
     """The 32-atom fcc Al cell (a = 4.05 A, the cubic cell repeated twice) the Al structures start from."""
     from ase.build import bulk
 
-    return bulk("Al", "fcc", a=4.05, cubic=True).repeat(2)
+    return bulk("Al", "fcc", a=AL_A_ANG, cubic=True).repeat(2)
 
 
 def unseen_cells() -> dict:
@@ -130,8 +133,8 @@ def al_slabs() -> dict:
     from ase.build import fcc110, fcc111
 
     out = {"al_slab100.xyz": slab(al_fcc32()),
-           "al_slab111.xyz": fcc111("Al", (2, 4, 4), a=4.05, vacuum=5.0, orthogonal=True, periodic=True),
-           "al_slab110.xyz": fcc110("Al", (2, 2, 8), a=4.05, vacuum=5.0, periodic=True)}
+           "al_slab111.xyz": fcc111("Al", (2, 4, 4), a=AL_A_ANG, vacuum=5.0, orthogonal=True, periodic=True),
+           "al_slab110.xyz": fcc110("Al", (2, 2, 8), a=AL_A_ANG, vacuum=5.0, periodic=True)}
     for atoms in out.values():
         atoms.info.clear()  # ase.build's adsorbate_info does not survive extxyz
     return out
@@ -187,9 +190,9 @@ def voids() -> dict:
 
 
 def _al_tetrahedron(al):
-    """Atom 0 and three of its nearest neighbours that are nearest neighbours of each other (fcc Al, a = 4.05 A),
-    and the table of nearest-neighbour pairs."""
-    bonded = np.isclose(al.get_all_distances(mic=True), 4.05 / np.sqrt(2), atol=1e-6)
+    """Atom 0 and three of its nearest neighbours that are nearest neighbours of each other (perfect fcc Al), and
+    the table of nearest-neighbour pairs."""
+    bonded = np.isclose(al.get_all_distances(mic=True), AL_A_ANG / np.sqrt(2), atol=1e-6)
     nn = np.flatnonzero(bonded[0])
     pair = next((i, j) for i in nn for j in nn if i < j and bonded[i, j])
     third = next(k for k in nn if k not in pair and all(bonded[k, p] for p in pair))
@@ -220,9 +223,9 @@ def al_hexavacancy():
     from ase.geometry import get_distances
 
     al = al_fcc32()
-    site = al.positions[0] + [4.05 / 2, 0.0, 0.0]
+    site = al.positions[0] + [AL_A_ANG / 2, 0.0, 0.0]
     _, d = get_distances([site], al.positions, cell=al.cell, pbc=True)
-    del al[np.flatnonzero(d[0] < 0.6 * 4.05)]
+    del al[np.flatnonzero(d[0] < 0.6 * AL_A_ANG)]
     return al
 
 
@@ -250,7 +253,7 @@ def larger_cells() -> dict:
 
     spec = BulkSpec("Si", "diamond", 5.544, 2, "Ge", 0.5, 0)
     sige = spec.decorate(bulk("Si", "diamond", a=5.544, cubic=True) * (2, 2, 4), 95)
-    return {"sige_2x2x4.xyz": sige, "al_2x2x4.xyz": bulk("Al", "fcc", a=4.05, cubic=True) * (2, 2, 4)}
+    return {"sige_2x2x4.xyz": sige, "al_2x2x4.xyz": bulk("Al", "fcc", a=AL_A_ANG, cubic=True) * (2, 2, 4)}
 
 
 #: command-line flag -> (structure set, default folder under data/sparc); no flag: the unseen cells

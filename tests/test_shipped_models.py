@@ -13,13 +13,18 @@ from ase_mlrho.model_files import load_model, shipped_models
 from tests.conftest import ROOT, SHARED_SPARC
 
 
+def _trained_names(model) -> set:
+    """Names of the SPARC cells a model was trained on (its file's metadata)."""
+    return {s["name"] for s in model.metadata["training"]["train_snapshots"]}
+
+
 def test_shipped_models_load_with_their_metadata():
     assert {"al-pbe", "al-pbe-108", "al-pbe-gamma", "sige-pbe"} <= set(shipped_models())
     al = load_model("al-pbe-gamma")  # the Gamma-point model (history; compares with Gamma-point references)
     assert al.species == ("Al",) and al.valence_electrons == {"Al": 3.0} and al.mesh_spacing_bohr == 0.25
     assert al.spec.has_angular and al.metadata["training"]["validation_snapshots"][0]["name"] == "al_n=2_T=945_seed=8"
     test_names = {"al_n=2_T=630_seed=4", "al_n=2_T=1575_seed=9"}
-    assert not test_names & {s["name"] for s in al.metadata["training"]["train_snapshots"]}
+    assert not test_names & _trained_names(al)
     sige = load_model("sige-pbe")
     assert sige.species == ("Si", "Ge") and sige.valence_electrons == {"Si": 4.0, "Ge": 14.0}
     assert sige.mesh_spacing_bohr == 0.4
@@ -70,11 +75,10 @@ def test_sige_pbe_on_committed_held_out_cells_and_its_expected_error():
     selection study's pool, other seeds and temperatures at x = 0.3-0.7; since session 14 on three
     di-vacancies too, since sessions 16-17 on free slabs, since session 19 on two voids). When shipped (session
     19, an ensemble of 4): x = 0.5 at 1800 K eps 0.681 %, 3-sigma coverage 0.9963; x = 0.4 at 2300 K 0.742 %,
-    0.9964; the x = 0.3 vacancy 0.778 %, 0.9990; every cell's coverage >= 0.9962. The eps the sigma predicts (sqrt(2/pi) integral sigma dV /
-    N_e) is 1.03-1.33 times the measured one, and across the cells Pearson(eps, epistemic sigma per electron) =
-    0.97 (0.69 with the mean
-    epistemic sigma in e/Bohr^3, which grows with a cell's Ge content and electron density where eps does
-    not: benchmarks/README.md)."""
+    0.9964; the x = 0.3 vacancy 0.778 %, 0.9990; every cell's coverage >= 0.9962. The eps the sigma predicts
+    (sqrt(2/pi) integral sigma dV / N_e) is 1.03-1.33 times the measured one, and across the cells Pearson(eps,
+    epistemic sigma per electron) = 0.97 (0.69 with the mean epistemic sigma in e/Bohr^3, which grows with a
+    cell's Ge content and electron density where eps does not: benchmarks/README.md)."""
     model = load_model("sige-pbe")
     assert model.ensemble_size == 4
     snaps = [load_snapshot(SIGE_DATA / g / n) for g, n in SIGE_HELD_OUT]
@@ -98,9 +102,9 @@ def test_sige_pbe_covers_a_held_out_di_vacancy_at_its_centre():
     points within 3 Bohr of the centre). When shipped (session 19): eps 0.788 %, coverage 0.9960, within 3 Bohr
     of the centre (the grid point farthest from every atom, 5.44 Bohr) 1.000; the hole lies within the training
     cells' (5.62 Bohr), so no hole warning."""
-    run, snap, eps, cov, cov_centre, hole = _around_the_largest_hole(
-        "sige-pbe", SIGE_DATA / "divac_test" / "sige_x=0.4_n=2_divac_T=1500_seed=74")
     model = load_model("sige-pbe")
+    run, snap, eps, cov, cov_centre, hole = _around_the_largest_hole(
+        model, SIGE_DATA / "divac_test" / "sige_x=0.4_n=2_divac_T=1500_seed=74")
     assert len(snap.atoms) == 62
     assert cov >= 0.99 and cov_centre >= 0.95
     assert run.summary.largest_hole_bohr == pytest.approx(hole, rel=1e-6)
@@ -112,7 +116,7 @@ def _held_out_slab_metrics(name, training_hole_bohr, training_slabs, held_out_di
     vacuum (``training_hole_bohr``), that ``training_slabs`` are among its training cells and the held-out ones not."""
     model = load_model(name)
     assert model.training_hole_bohr == pytest.approx(training_hole_bohr, abs=0.01)
-    names = {s["name"] for s in model.metadata["training"]["train_snapshots"]}
+    names = _trained_names(model)
     assert training_slabs <= names
     snaps = [load_snapshot(d) for d in held_out_dirs]
     assert not names & {s.name for s in snaps}
@@ -169,7 +173,7 @@ def test_al_pbe_on_held_out_kpoint_cells():
     # eps(q) refitted on the k-point training cells, the vacancy among them (session 6; carried to the session-8 weights)
     assert model.metadata["hf_screening"]["k2_per_bohr2"] == pytest.approx(1.0529, abs=1e-4)
     assert "k-point training cells" in model.metadata["hf_screening"]["source"]
-    names = {s["name"] for s in model.metadata["training"]["train_snapshots"]}
+    names = _trained_names(model)
     cells = sorted(p.parent for p in AL_KPTS.glob("test*/*/SPARC.out"))
     assert len(cells) >= 2 and not names & {c.name for c in cells}
     bars = {"test_al4": 0.30, "test": 0.70, "test_vacancy": 0.63}  # eps (%) a little above the shipped figures
@@ -253,14 +257,14 @@ def test_al_pbe_108_on_gamma_point_108_atom_cells():
         assert m.eps_rho_percent < eps_bar and m.coverage_3sigma >= cov_bar, m.name
 
 
-def _around_the_largest_hole(model_name, run_dir):
+def _around_the_largest_hole(model, run_dir):
     """(prediction run, snapshot, eps %, 3-sigma coverage of the cell, coverage within 3 Bohr of the grid point
-    farthest from every atom, that farthest distance) of a shipped model on a SPARC run."""
+    farthest from every atom, that farthest distance) of a loaded model on a SPARC run."""
     from ase_mlrho.domain import nearest_atom_distance_bohr
     from ase_mlrho.inference import InferenceSettings, run_prediction
 
     snap = load_snapshot(run_dir)
-    run = run_prediction(load_model(model_name), snap.atoms, None, InferenceSettings(), grid=snap.grid)
+    run = run_prediction(model, snap.atoms, None, InferenceSettings(), grid=snap.grid)
     f = run.field
     err = (f.density - snap.density_e_per_bohr3).ravel()
     inside = np.abs(err) <= 3 * f.sigma_total.ravel()
@@ -284,16 +288,16 @@ def test_sige_pbe_on_a_held_out_void():
     "Resolution"); covered either way."""
     from ase_mlrho.inference import InferenceSettings, run_prediction
 
+    model = load_model("sige-pbe")
     run, snap, eps, cov, cov_centre, hole = _around_the_largest_hole(
-        "sige-pbe", ROOT / "data" / "sparc" / "unseen" / "sige_void" / "sige_x=0.5_n=2_void5_T=900_seed=91")
+        model, ROOT / "data" / "sparc" / "unseen" / "sige_void" / "sige_x=0.5_n=2_void5_T=900_seed=91")
     assert len(snap.atoms) == 59 and hole == pytest.approx(7.21, abs=0.01)
     assert run.summary.surface_term is True and run.summary.hole_warning is None
     assert eps < 0.78 and cov >= 0.99
-    model = load_model("sige-pbe")
     without = run_prediction(model, snap.atoms, None, InferenceSettings(surface_term=False), grid=snap.grid).field
     assert np.mean(np.abs(without.density - snap.density_e_per_bohr3) <= 3 * without.sigma_total) >= 0.99
     assert cov_centre >= 0.95  # issue 14's bar at an Al vacancy's centre; 0.927 before voids were in training
-    trained = {s["name"] for s in model.metadata["training"]["train_snapshots"]}
+    trained = _trained_names(model)
     assert {"sige_x=0.3_n=2_void5_T=600_seed=92", "sige_x=0.7_n=2_void5_T=1500_seed=93"} <= trained
     assert snap.name not in trained
 
@@ -304,7 +308,8 @@ def test_sige_pbe_on_a_larger_held_out_void():
     shipped: eps 1.364 %, 3-sigma coverage 0.9967, 0.999 within 3 Bohr of the centre; the out-of-distribution
     warning fires (3.7 % of the points above the validation p99.9). Session 18's model: 1.417 %, 0.9940, 0.958."""
     run, snap, eps, cov, cov_centre, hole = _around_the_largest_hole(
-        "sige-pbe", ROOT / "data" / "sparc" / "unseen" / "sige_void17" / "sige_x=0.5_n=2_void17_T=1200_seed=94")
+        load_model("sige-pbe"),
+        ROOT / "data" / "sparc" / "unseen" / "sige_void17" / "sige_x=0.5_n=2_void17_T=1200_seed=94")
     assert len(snap.atoms) == 47 and hole == pytest.approx(8.24, abs=0.01)
     assert run.summary.surface_term is True and run.summary.ood_warning is not None
     assert eps < 1.45 and cov >= 0.99 and cov_centre >= 0.95
@@ -328,9 +333,9 @@ def test_sige_pbe_on_a_larger_held_out_cell():
 ])
 def test_al_pbe_covers_held_out_vacancies_at_their_centres(cell, atoms, hole_bohr, eps_bar):
     """Issue 14's bar at a defect: 3-sigma coverage >= 0.95 within 3 Bohr of the centre of a held-out Al31
-    vacancy (600 K), asked here of larger vacancy clusters too. A tetra-vacancy: four vacancies on a tetrahedron of nearest-neighbour
-    sites (data/sparc/unseen/al_tetravac, session 18: Al28 at 600 K, 2x2x2 k-points; the hole, 6.35 Bohr in the
-    perfect lattice, is 5.20 Bohr after the EMT dynamics, as its neighbours move in). Session 15's al-pbe, which
+    vacancy (600 K), asked here of larger vacancy clusters too. A tetra-vacancy: four vacancies on a tetrahedron
+    of nearest-neighbour sites (data/sparc/unseen/al_tetravac, session 18: Al28 at 600 K, 2x2x2 k-points; the
+    hole, 6.35 Bohr in the perfect lattice, is 5.20 Bohr after the EMT dynamics, as its neighbours move in). Session 15's al-pbe, which
     had seen one single vacancy: the tetra-vacancy's eps 1.066 %, 3-sigma coverage 0.9922, within 3 Bohr of the
     hole's centre only 0.922 (|err| 1.24 times sigma there). Since session 20 al-pbe is trained on three voids of
     the Al32 cell (data/sparc/al_kpts/train_tetravac*, train_hexavac: the same cut at 945 and 450 K, an
@@ -342,10 +347,10 @@ def test_al_pbe_covers_held_out_vacancies_at_their_centres(cell, atoms, hole_boh
     shipped one 1.003 %, 0.9967, 1.000, no warning. al-pbe has no surface term, and no hole here is vacuum to one
     (under 7 Bohr)."""
     model = load_model("al-pbe")
-    trained = {s["name"] for s in model.metadata["training"]["train_snapshots"]}
+    trained = _trained_names(model)
     assert {"al_n=2_tetravac_k=2x2x2_T=945_seed=325", "al_n=2_tetravac_k=2x2x2_T=450_seed=327",
             "al_n=2_hexavac_k=2x2x2_T=315_seed=326"} <= trained and cell.split("/")[-1] not in trained
-    run, snap, eps, cov, cov_centre, hole = _around_the_largest_hole("al-pbe", ROOT / "data" / "sparc" / cell)
+    run, snap, eps, cov, cov_centre, hole = _around_the_largest_hole(model, ROOT / "data" / "sparc" / cell)
     assert len(snap.atoms) == atoms and hole == pytest.approx(hole_bohr, abs=0.01)
     assert run.summary.surface_term is None and run.summary.hole_warning is None
     assert eps < eps_bar and cov >= 0.99
