@@ -335,17 +335,17 @@ def test_al_pbe_covers_held_out_vacancies_at_their_centres(cell, atoms, hole_boh
     """Issue 14's bar at a defect: 3-sigma coverage >= 0.95 within 3 Bohr of the centre of a held-out Al31
     vacancy (600 K), asked here of larger vacancy clusters too. A tetra-vacancy: four vacancies on a tetrahedron
     of nearest-neighbour sites (data/sparc/unseen/al_tetravac, session 18: Al28 at 600 K, 2x2x2 k-points; the
-    hole, 6.35 Bohr in the perfect lattice, is 5.20 Bohr after the EMT dynamics, as its neighbours move in). Session 15's al-pbe, which
-    had seen one single vacancy: the tetra-vacancy's eps 1.066 %, 3-sigma coverage 0.9922, within 3 Bohr of the
-    hole's centre only 0.922 (|err| 1.24 times sigma there). Since session 20 al-pbe is trained on three voids of
-    the Al32 cell (data/sparc/al_kpts/train_tetravac*, train_hexavac: the same cut at 945 and 450 K, an
-    octahedral hexa-vacancy at 315 K): tetra-vacancy eps 0.962 %, coverage 0.9967, 0.986 at the centre; the
-    Al31 vacancy 0.598 %, 0.9981, 0.994 at the centre (session 15: 0.606 %, 0.9982). A held-out penta-vacancy
-    (data/sparc/unseen/al_pentavac, session 20: the tetrahedron and a fifth site bonded to two of its sites, Al27 at
-    450 K), a shape no training cell has and a hole (5.96 Bohr) larger than any training defect's (5.86): session
-    15's al-pbe 1.123 %, 0.9896 (below 0.99), 0.878 at the centre, and its out-of-distribution warning fired; the
-    shipped one 1.003 %, 0.9967, 1.000, no warning. al-pbe has no surface term, and no hole here is vacuum to one
-    (under 7 Bohr)."""
+    hole, 6.35 Bohr in the perfect lattice, is 5.20 Bohr after the EMT dynamics, as its neighbours move in).
+    Session 15's al-pbe, which had seen one single vacancy: the tetra-vacancy's eps 1.066 %, 3-sigma coverage
+    0.9922, within 3 Bohr of the hole's centre only 0.922 (|err| 1.24 times sigma there). Since session 20 al-pbe is
+    trained on three voids of the Al32 cell (data/sparc/al_kpts/train_tetravac*, train_hexavac: the same cut at 945
+    and 450 K, an octahedral hexa-vacancy at 315 K): tetra-vacancy eps 0.962 %, coverage 0.9967, 0.986 at the
+    centre; the Al31 vacancy 0.598 %, 0.9981, 0.994 at the centre (session 15: 0.606 %, 0.9982). A held-out
+    penta-vacancy (data/sparc/unseen/al_pentavac, session 20: the tetrahedron and a fifth site bonded to two of its
+    sites, Al27 at 450 K), a shape no training cell has and a hole (5.96 Bohr) larger than any training defect's
+    (5.86): session 15's al-pbe 1.123 %, 0.9896 (below 0.99), 0.878 at the centre, and its out-of-distribution
+    warning fired; the shipped one 1.003 %, 0.9967, 1.000, no warning. al-pbe has no surface term, and no hole here
+    is vacuum to one (under 7 Bohr)."""
     model = load_model("al-pbe")
     trained = _trained_names(model)
     assert {"al_n=2_tetravac_k=2x2x2_T=945_seed=325", "al_n=2_tetravac_k=2x2x2_T=450_seed=327",
