@@ -249,6 +249,35 @@ def test_cli_kpoint_grid_reaches_sparc_input_names_and_recipe(tmp_path, fake_spa
     assert "--kpts must be positive" in capsys.readouterr().err
 
 
+def test_cli_sparc_params_reach_every_input_and_the_recipe(tmp_path, fake_sparc, capsys):
+    """--sparc-param (e.g. a smaller mixing parameter for a cell whose SCF stalls) reaches the SPARC input and
+    the manifest's recipe, so a resumed run cannot silently change it; names datagen sets from its own options,
+    unknown names and ill-typed values are refused with one line, before anything is written."""
+    cmd, _ = fake_sparc
+    out = tmp_path / "data"
+    base = ["datagen", "--element", "Al", "--supercell", "1", "-T", "300", "--seeds", "7", "--steps", "10",
+            "--sparc-command", cmd, "--json", "--no-progress"]
+    assert main(base + ["-o", str(out), "--kpoint-shift", "0.5", "--sparc-param", "mixing_parameter=0.1",
+                        "--sparc-param", "MIXING_HISTORY=11"]) == 0
+    name = "al_n=1_T=300_seed=7"
+    assert json.loads(capsys.readouterr().out)["done"] == [name]
+    params = read_input_parameters(out / name)
+    assert float(params["MIXING_PARAMETER"]) == 0.1 and int(params["MIXING_HISTORY"]) == 11
+    assert list(params["KPOINT_SHIFT"]) == [0.5, 0.5, 0.5]
+    recipe = json.loads((out / "manifest.json").read_text())["recipe"]["sparc"]
+    assert recipe["extra"] == [["KPOINT_SHIFT", [0.5, 0.5, 0.5]], ["MIXING_PARAMETER", 0.1], ["MIXING_HISTORY", 11]]
+    # the same output with another mixing parameter is another recipe: refused, the data set untouched
+    assert main(base + ["-o", str(out), "--kpoint-shift", "0.5", "--sparc-param", "MIXING_PARAMETER=0.2"]) == 2
+    assert "recipe" in capsys.readouterr().err
+    for bad, message in ((["TOL_SCF=1e-4"], "use --tol-scf"), (["KPOINT_GRID=2 2 2"], "use --kpts"),
+                         (["MIXING_PARAMETR=0.1"], "not a SPARC input parameter"),
+                         (["MIXING_PARAMETER=fast"], "not a valid value"), (["MIXING_PARAMETER"], "NAME=VALUE")):
+        assert main(base + ["-o", str(tmp_path / "bad")] + [a for b in bad for a in ("--sparc-param", b)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+        assert not (tmp_path / "bad").exists()
+
+
 # ----------------------------------------------------------------------------- real SPARC
 @pytest.mark.sparc
 def test_datagen_al4_end_to_end(sparc_command, tmp_path, capsys):

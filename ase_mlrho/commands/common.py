@@ -66,6 +66,36 @@ def add_common_options(p, what: str) -> None:
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object on stdout")
 
 
+def parse_sparc_params(items) -> dict:
+    """``["NSTATES=101", "mixing_parameter=0.5"]`` -> ``{"NSTATES": 101, "MIXING_PARAMETER": 0.5}``.
+
+    Each name and value is checked up front against sparc-x-api's parameter list (SPARC's own
+    documentation), so a misspelt or ill-typed parameter costs one line, not a failed SPARC run."""
+    from sparc.api import SparcAPI
+
+    api = SparcAPI()
+    params = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name, value = name.strip().upper(), value.strip()
+        if not sep or not name or not value:
+            raise ValueError(f"--sparc-param wants NAME=VALUE, got {item!r}")
+        if name not in api.parameters:
+            raise ValueError(f"--sparc-param {name}: not a SPARC input parameter (sparc-x-api {api.sparc_version})")
+        for kind in (int, float):
+            try:
+                params[name] = kind(value)
+                break
+            except ValueError:
+                continue
+        else:
+            params[name] = value
+        if not api.validate_input(name, params[name]):
+            raise ValueError(f"--sparc-param {name}={value}: not a valid value of {name} "
+                             f"({api.parameters[name].get('type', 'see SPARC documentation')})")
+    return params
+
+
 def add_second_order_option(p, what: str) -> None:
     """``--no-second-order``: plain Harris-Foulkes energies even if the model carries a screening model."""
     p.add_argument("--no-second-order", action="store_true",

@@ -6,6 +6,8 @@ Examples::
     mlrho datagen --structure POSCAR -T 300 900 --frames 3 --decorrelation-fs 200 -o data/mine
     mlrho datagen --element Si --lattice diamond --a 5.522 --supercell 2 --alloy Ge --x 0.4 \
         --calculator rattle -T 1200 --seeds 41 -o data/sige
+    mlrho datagen --structure big.xyz -T 945 --kpts 2 2 1 --kpoint-shift 0.5 \
+        --sparc-param MIXING_PARAMETER=0.1 -o data/big      # an SCF that stalls at SPARC's default mixing
 
 Rerunning the same command resumes: finished snapshots are kept, an interrupted one is redone from
 scratch, failed ones are retried only with ``--retry-failed``. Exit status 0 when every snapshot is
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import json
 import sys
+
+from .common import parse_sparc_params
 
 
 def register(subparsers) -> None:
@@ -60,12 +64,24 @@ def register(subparsers) -> None:
     p.add_argument("--tol-scf", type=float, default=1e-6, help="SPARC's SCF tolerance TOL_SCF (default 1e-6)")
     p.add_argument("--maxit-scf", type=int, default=100, help="most SCF iterations per snapshot (default 100); "
                    "a snapshot that needs more is flagged unconverged")
+    p.add_argument("--sparc-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a further SPARC input parameter for every SCF (repeatable), e.g. MIXING_PARAMETER=0.1 "
+                        "for a cell whose SCF stalls; checked against SPARC's parameter list and stored in the "
+                        "recipe of the manifest")
     p.add_argument("--sparc-command", help="SPARC command without -name (default: $ASE_SPARC_COMMAND)")
     p.add_argument("--timeout-s", type=float, help="time limit of each SCF")
     p.add_argument("--retry-failed", action="store_true", help="run failed snapshots again")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
+
+
+#: SPARC parameters datagen writes from its own options (or fixes): --sparc-param may not set them
+_OWN_OPTIONS = {"KPOINT_GRID": "--kpts", "KPOINT_SHIFT": "--kpoint-shift", "TOL_SCF": "--tol-scf",
+                "MAXIT_SCF": "--maxit-scf", "MESH_SPACING": "--mesh-bohr", "FD_GRID": "--mesh-bohr",
+                "ELEC_TEMP": "--elec-temp-k", "ELEC_TEMP_TYPE": "--elec-temp-k (Fermi-Dirac)",
+                "EXCHANGE_CORRELATION": "another tool (datagen computes PBE references)",
+                "PRINT_DENSITY": "another tool (datagen needs the density printed)"}
 
 
 def _plan(args):
@@ -97,6 +113,11 @@ def _plan(args):
         if not 0.0 <= args.kpoint_shift < 1.0:
             raise ValueError(f"--kpoint-shift must be in [0, 1), got {args.kpoint_shift}")
         changes["extra"] = (("KPOINT_SHIFT", [float(args.kpoint_shift)] * 3),)
+    given = parse_sparc_params(args.sparc_param)
+    for name in given:
+        if name in _OWN_OPTIONS:
+            raise ValueError(f"--sparc-param {name}: datagen sets it itself; use {_OWN_OPTIONS[name]}")
+    changes["extra"] = changes.get("extra", ()) + tuple(given.items())
     from dataclasses import replace
 
     return replace(plan, sparc=replace(base, **changes))

@@ -50,24 +50,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def parse_sparc_params(items) -> dict:
-    """``["NSTATES=101", "MIXING_PARAMETER=0.5"]`` -> ``{"NSTATES": 101, "MIXING_PARAMETER": 0.5}``."""
-    params = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip() or not value.strip():
-            raise ValueError(f"--sparc-param wants NAME=VALUE, got {item!r}")
-        for kind in (int, float):
-            try:
-                params[name.strip().upper()] = kind(value)
-                break
-            except ValueError:
-                continue
-        else:
-            params[name.strip().upper()] = value.strip()
-    return params
-
-
 def run(args) -> int:
     from sparc_bridge.harris_foulkes import GridMismatchError, warm_start_comparison
     from sparc_bridge.inputs import warm_start_params_for_model
@@ -78,7 +60,7 @@ def run(args) -> int:
     try:
         if args.rho_trigger < 1:
             raise ValueError(f"--rho-trigger must be >= 1, got {args.rho_trigger}")
-        given = parse_sparc_params(args.sparc_param)
+        given = common.parse_sparc_params(args.sparc_param)
         if given and args.default_from_reference:
             raise ValueError("--sparc-param changes both runs: the default side must run here, not come from "
                              "the reference run (drop --default-from-reference)")
