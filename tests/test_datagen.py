@@ -285,10 +285,12 @@ def test_datagen_al4_end_to_end(sparc_command, tmp_path, capsys):
 
     out = tmp_path / "al4"
     rc = main(["datagen", "--element", "Al", "--supercell", "1", "-T", "600", "--seeds", "1", "--steps", "20",
-               "-o", str(out), "--sparc-command", sparc_command, "--timeout-s", "300", "--json", "--no-progress"])
+               "-o", str(out), "--sparc-command", sparc_command, "--timeout-s", "300", "--json", "--no-progress",
+               "--sparc-param", "MIXING_PARAMETER=0.2"])
     report = json.loads(capsys.readouterr().out)
     assert rc == 0, report
     (d,) = training_directories(out)
+    assert "MIXING_PARAMETER: 0.2" in (d / "SPARC.out").read_text()  # SPARC's echo of what it ran with (default 0.3)
     snap = load_snapshot(d)
     meta = json.loads((d / "meta.json").read_text())
     assert snap.natoms == 4 and snap.grid.shape == (31, 31, 31) and meta["converged"]
