@@ -270,6 +270,7 @@ def test_cli_sparc_params_reach_every_input_and_the_recipe(tmp_path, fake_sparc,
     assert main(base + ["-o", str(out), "--kpoint-shift", "0.5", "--sparc-param", "MIXING_PARAMETER=0.2"]) == 2
     assert "recipe" in capsys.readouterr().err
     for bad, message in ((["TOL_SCF=1e-4"], "use --tol-scf"), (["KPOINT_GRID=2 2 2"], "use --kpts"),
+                         (["LATVEC_SCALE=7.6 7.6 7.6"], "the cell comes from the structure"),
                          (["MIXING_PARAMETR=0.1"], "not a SPARC input parameter"),
                          (["MIXING_PARAMETER=fast"], "not a valid value"), (["MIXING_PARAMETER"], "NAME=VALUE")):
         assert main(base + ["-o", str(tmp_path / "bad")] + [a for b in bad for a in ("--sparc-param", b)]) == 2

@@ -81,7 +81,8 @@ def parse_sparc_params(items) -> dict:
         if not sep or not name or not value:
             raise ValueError(f"--sparc-param wants NAME=VALUE, got {item!r}")
         if name not in api.parameters:
-            raise ValueError(f"--sparc-param {name}: not a SPARC input parameter (sparc-x-api {api.sparc_version})")
+            raise ValueError(f"--sparc-param {name}: not a SPARC input parameter (SPARC {api.sparc_version}'s list, "
+                             "from sparc-x-api)")
         for kind in (int, float):
             try:
                 params[name] = kind(value)

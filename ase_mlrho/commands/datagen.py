@@ -81,6 +81,9 @@ _OWN_OPTIONS = {"KPOINT_GRID": "--kpts", "KPOINT_SHIFT": "--kpoint-shift", "TOL_
                 "MAXIT_SCF": "--maxit-scf", "MESH_SPACING": "--mesh-bohr", "FD_GRID": "--mesh-bohr",
                 "ELEC_TEMP": "--elec-temp-k", "ELEC_TEMP_TYPE": "--elec-temp-k (Fermi-Dirac)",
                 "EXCHANGE_CORRELATION": "another tool (datagen computes PBE references)",
+                "ECUT": "--mesh-bohr", "LATVEC": "--structure (the cell comes from the structure)",
+                "LATVEC_SCALE": "--structure (the cell comes from the structure)",
+                "CELL": "--structure (the cell comes from the structure)",
                 "PRINT_DENSITY": "another tool (datagen needs the density printed)"}
 
 
