@@ -24,7 +24,9 @@ cell -- SPARC's grid rule at the model's mesh spacing, node (0, 0, 0) at the cel
   (= sqrt(aleatoric^2 + epistemic^2)), scaled by the same renormalisation factor ("scale") or as
   predicted ("posterior");
 * ``electrons_raw`` -- the integral of the raw prediction before clipping and renormalisation (a
-  diagnostic: far from the electron count means the model is struggling), and ``n_electrons``;
+  diagnostic: far from the electron count means the model is struggling), and ``n_electrons``. More
+  than 2 % off, the calculator warns once per structure (:class:`OutOfDistributionWarning`): a box
+  without vacuum along a non-periodic direction, or positions in Bohr, do that;
 * ``expected_eps_percent`` -- the error per electron the model's own sigma predicts, in % (what
   ``mlrho evaluate`` would measure as eps against DFT; :func:`~ase_mlrho.inference.expected_eps_percent`);
 * ``ood_fraction`` -- the fraction of grid points whose epistemic sigma exceeds the 99.9th
@@ -45,6 +47,8 @@ Structures the calculator refuses or changes, and why:
 
 * unknown elements -> :class:`~ase_mlrho.descriptors.UnknownSpeciesError` naming them;
 * no atoms, a singular or non-finite cell -> :class:`~ase_mlrho.grid.InvalidStructureError`;
+* two nuclei closer than 0.5 Angstrom, periodic images included (a duplicated atom) -> the same,
+  naming both atoms;
 * atoms outside the cell along periodic directions are wrapped (the field is periodic; nothing in
   the result depends on which image of an atom is given). Along a non-periodic direction they are
   refused: the grid covers only the box;

@@ -30,10 +30,36 @@ from .angular import n_power_spectrum, power_spectrum
 from .grid import Grid, InvalidStructureError
 from .neighbors import PeriodicNeighbors, validate_positions
 
-__all__ = ["DescriptorSpec", "Descriptors", "UnknownSpeciesError", "TIE_TOLERANCE_BOHR", "check_numbers"]
+__all__ = ["DescriptorSpec", "Descriptors", "UnknownSpeciesError", "TIE_TOLERANCE_BOHR", "check_numbers",
+           "check_closest_pair", "MIN_PAIR_DISTANCE_ANG"]
 
 #: distances closer than this are one neighbour shell for the Set II tie rule
 TIE_TOLERANCE_BOHR = 1e-6
+#: Two nuclei closer than this are refused as a duplicated atom (H2's bond, the shortest, is 0.74 Angstrom).
+MIN_PAIR_DISTANCE_ANG = 0.5
+
+
+def check_closest_pair(neighbors: PeriodicNeighbors) -> None:
+    """Refuse two nuclei closer than :data:`MIN_PAIR_DISTANCE_ANG` (periodic images included).
+
+    Such a pair is a duplicated atom, as a bad CIF merge or a wrong wrap leaves: no bond is that short,
+    and the model would answer with a density it has never seen and no error, only an
+    out-of-distribution warning. Raises :class:`InvalidStructureError` naming the two atoms.
+    """
+    if neighbors.n_atoms < 2 and not any(neighbors.pbc):
+        return
+    res = neighbors.query(neighbors.positions_bohr, 2)
+    nearest = int(np.argmin(res.distances_bohr[:, -1]))
+    d_ang = float(res.distances_bohr[nearest, -1]) * Bohr
+    i, j = sorted((nearest, int(res.atom_index[nearest, -1])))  # the pair, lower index first
+    if d_ang < 1e-6 * Bohr:
+        raise InvalidStructureError(f"atom {i} coincides with another atom (or its periodic image)")
+    if d_ang < MIN_PAIR_DISTANCE_ANG:
+        which = "its own periodic image" if j == i else f"atom {j} (or its periodic image)"
+        raise InvalidStructureError(
+            f"atom {i} is {d_ang:.3g} Angstrom from {which}, closer than {MIN_PAIR_DISTANCE_ANG} Angstrom, "
+            "shorter than any bond: a duplicated atom? "
+            f"ase.geometry.get_duplicate_atoms(atoms, cutoff={MIN_PAIR_DISTANCE_ANG}, delete=True) removes them")
 
 
 class UnknownSpeciesError(InvalidStructureError):
@@ -174,13 +200,7 @@ class Descriptors:
 
     # ------------------------------------------------------------------ per-structure tables
     def _check_coincident_atoms(self) -> None:
-        if self._all.n_atoms < 2 and not any(self.pbc):
-            return
-        res = self._all.query(self._all.positions_bohr, min(2, self._all.n_atoms if not any(self.pbc) else 2))
-        d = res.distances_bohr[:, -1]
-        if np.any(d < 1e-6):
-            i = int(np.argmin(d))
-            raise InvalidStructureError(f"atom {i} coincides with another atom (or its periodic image)")
+        check_closest_pair(self._all)
 
     def _atom_neighbourhoods(self):
         """For every atom: displacement vectors to the candidate neighbours for Set II (all atoms

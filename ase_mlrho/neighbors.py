@@ -113,12 +113,18 @@ class PeriodicNeighbors:
             for m, p in zip(margin, self._periodic)
         ]
         shifts = np.stack(np.meshgrid(*ranges, indexing="ij"), axis=-1).reshape(-1, 3).astype(np.float64)
-        frac = (self.frac_positions[None, :, :] + shifts[:, None, :]).reshape(-1, 3)
-        atom = np.tile(np.arange(self.n_atoms), len(shifts))
-        inside = (frac >= -margin - 1e-12) & (frac <= 1.0 + margin + 1e-12)
-        keep = np.all(inside | ~self._periodic, axis=1)  # no images, hence no filter, along open directions
-        self._halo_atom = atom[keep]
-        self._halo_pos = frac[keep] @ self.cell_bohr
+        atoms, fracs = [], []
+        for shift in shifts:  # one image of the cell at a time: memory O(N), not O(N x shifts)
+            # wrapped coordinates lie in [0, 1): an image shifted by s lies in [s, s + 1)
+            if np.any(self._periodic & ((shift > 1.0 + margin + 1e-12) | (shift + 1.0 < -margin - 1e-12))):
+                continue
+            frac = self.frac_positions + shift
+            inside = (frac >= -margin - 1e-12) & (frac <= 1.0 + margin + 1e-12)
+            keep = np.flatnonzero(np.all(inside | ~self._periodic, axis=1))  # no filter along open directions
+            atoms.append(keep)
+            fracs.append(frac[keep])
+        self._halo_atom = np.concatenate(atoms)
+        self._halo_pos = np.concatenate(fracs) @ self.cell_bohr
         self._tree = cKDTree(self._halo_pos)
         self._radius = radius
 

@@ -16,7 +16,7 @@ from scipy.special import erf, erfinv
 __all__ = [
     "coverage", "miscalibration_area", "gaussian_nll", "sharpness", "calibration_scale",
     "tail_calibration_scale", "calibrated_scale", "expected_coverage",
-    "reliability_curve", "plot_reliability", "combine_sigmas",
+    "reliability_curve", "plot_reliability", "plot_uncertainty_slice", "combine_sigmas",
 ]
 
 
@@ -111,3 +111,82 @@ def plot_reliability(error, sigma, path, title: str = "Reliability diagram") -> 
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+def plot_uncertainty_slice(field, atoms, path, ood_threshold_e_per_bohr3: float | None = None,
+                           title: str = "") -> tuple[int, int, int]:
+    """Save a figure of a prediction where the model is least sure, and return that grid node (i, j, k).
+
+    ``field`` is a :class:`~ase_mlrho.inference.FieldPrediction`, ``atoms`` the ``ase.Atoms`` it was
+    predicted for (Angstrom). The node is the one of largest epistemic sigma; the figure shows the grid
+    plane k through it: (1) the density, with the atoms within one plane spacing of the plane; (2) the
+    epistemic sigma (as predicted, before renormalisation) over the model's out-of-distribution threshold
+    (the validation cells' p99.9), with the contour where it crosses 1, or the epistemic sigma itself when the model stores no threshold; (3) the
+    line along the first lattice vector through the node: the mean density and its +/- 3 sigma bands
+    (total and epistemic). Axes are node index x node spacing along the first two lattice vectors, in
+    Bohr (exact distances for orthogonal cells). Written atomically (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from ase.units import Bohr
+
+    from .files import atomic_write
+
+    grid = field.grid
+    i, j, k = (int(n) for n in np.unravel_index(int(np.argmax(field.sigma_epistemic)), grid.shape))
+    h = grid.spacing_bohr
+    extent = (-0.5 * h[0], (grid.shape[0] - 0.5) * h[0], -0.5 * h[1], (grid.shape[1] - 0.5) * h[1])
+    frac = atoms.cell.scaled_positions(atoms.positions)
+    frac[:, list(grid.pbc)] %= 1.0
+    node = frac * np.asarray(grid.intervals, dtype=np.float64)  # positions in node units
+    dk = node[:, 2] - k
+    if grid.pbc[2]:
+        dk = (dk + grid.intervals[2] / 2) % grid.intervals[2] - grid.intervals[2] / 2
+    near = np.abs(dk) <= 1.0 + 1e-9
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    ax = axes[0]
+    im = ax.imshow(field.density[:, :, k].T, origin="lower", extent=extent, cmap="viridis")
+    ax.plot(node[near, 0] * h[0], node[near, 1] * h[1], "o", mfc="none", mec="w", ms=7,
+            label=f"atoms within one plane spacing ({int(near.sum())})")
+    ax.plot(i * h[0], j * h[1], "r+", ms=12, mew=2, label="largest epistemic sigma")
+    fig.colorbar(im, ax=ax, label="density (e/Bohr^3)")
+    ax.set_title(f"density, plane k = {k} of {grid.shape[2]}")
+    ax.legend(fontsize=7, loc="upper right")
+    ax = axes[1]
+    epi = field.sigma_epistemic[:, :, k].T
+    if ood_threshold_e_per_bohr3:  # the threshold is on the sigma as predicted, before the renormalisation scaled it
+        ratio = epi / field.renormalisation_factor / ood_threshold_e_per_bohr3
+        im = ax.imshow(ratio, origin="lower", extent=extent, cmap="magma")
+        if ratio.min() < 1.0 < ratio.max():
+            ax.contour(ratio, levels=[1.0], colors="c", extent=extent, origin="lower")
+        fig.colorbar(im, ax=ax, label="epistemic sigma / out-of-distribution threshold")
+        ax.set_title(f"epistemic sigma; cyan: the threshold ({ood_threshold_e_per_bohr3:.3g} e/Bohr^3)")
+    else:
+        im = ax.imshow(epi, origin="lower", extent=extent, cmap="magma")
+        fig.colorbar(im, ax=ax, label="epistemic sigma (e/Bohr^3)")
+        ax.set_title("epistemic sigma")
+    ax.plot(i * h[0], j * h[1], "c+", ms=12, mew=2)
+    for ax in axes[:2]:
+        ax.set_xlabel("along a (Bohr)")
+        ax.set_ylabel("along b (Bohr)")
+    ax = axes[2]
+    x = np.arange(grid.shape[0]) * h[0]
+    mu = field.density[:, j, k]
+    tot = np.sqrt(field.sigma_aleatoric[:, j, k] ** 2 + field.sigma_epistemic[:, j, k] ** 2)
+    ax.fill_between(x, mu - 3 * tot, mu + 3 * tot, color="C0", alpha=0.25, label="+/- 3 sigma (total)")
+    ax.fill_between(x, mu - 3 * field.sigma_epistemic[:, j, k], mu + 3 * field.sigma_epistemic[:, j, k],
+                    color="C3", alpha=0.4, label="+/- 3 sigma (epistemic)")
+    ax.plot(x, mu, "k-", lw=1.2, label="predicted density")
+    ax.axvline(i * h[0], color="r", lw=0.8, ls=":")
+    ax.set_xlabel("along a (Bohr), through the largest epistemic sigma")
+    ax.set_ylabel("density (e/Bohr^3)")
+    ax.legend(fontsize=7)
+    position = grid.points_bohr_at(np.array([np.ravel_multi_index((i, j, k), grid.shape)]))[0] * Bohr
+    fig.suptitle(f"{title}  largest epistemic sigma {field.sigma_epistemic[i, j, k]:.3g} e/Bohr^3 at node "
+                 f"({i}, {j}, {k}) = ({position[0]:.2f}, {position[1]:.2f}, {position[2]:.2f}) Angstrom".strip())
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), binary=True)
+    plt.close(fig)
+    return i, j, k

@@ -373,6 +373,30 @@ def test_predict_json_from_a_sparc_ion_file_is_pure_json(toy_model_path, tmp_pat
     assert json.loads(out)["natoms"] == 4 and out.strip().count("\n") == 0
 
 
+def test_predict_plot_draws_the_plane_of_the_largest_epistemic_sigma(toy_model_path, tmp_path, capsys):
+    """--plot writes a PNG of the grid plane through the node of largest epistemic sigma; that node, found here
+    from the written .npz, is the one the JSON report names. Refused before any work: a non-PNG name, .zarr
+    output (no field in memory), an existing figure without --overwrite."""
+    atoms = al_cell((1, 1, 1))
+    del atoms[3]  # a vacancy: the largest sigma sits somewhere in particular
+    write(tmp_path / "vac.xyz", atoms)
+    fig, npz = tmp_path / "vac.png", tmp_path / "vac.npz"
+    args = ["predict", str(tmp_path / "vac.xyz"), "-m", toy_model_path, "--quiet", "--samples", "4"]
+    capsys.readouterr()
+    assert main(args + ["-o", str(npz), "--plot", str(fig), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    epi = np.load(npz)["sigma_epistemic_e_per_bohr3"]
+    assert report["plot"]["largest_epistemic_sigma_node"] == list(np.unravel_index(np.argmax(epi), epi.shape))
+    assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and fig.stat().st_size > 20_000
+    for extra, message in ((["--plot", str(tmp_path / "v.pdf")], "PNG"),
+                           (["-o", str(tmp_path / "v.zarr"), "--plot", str(tmp_path / "v.png")], "in memory"),
+                           (["--plot", str(fig)], "already exists")):
+        before = sorted(os.listdir(tmp_path))
+        assert main(args + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and sorted(os.listdir(tmp_path)) == before
+
+
 @pytest.mark.parametrize("ext", ["cube", "npz", "zarr"])
 def test_every_output_is_refused_when_it_exists_unless_overwrite(ext, toy_model_path, tmp_path, capsys):
     xyz = tmp_path / "al.xyz"

@@ -89,9 +89,11 @@ def test_block_tables_give_the_same_predicted_field(tmp_path_factory):
 
 def test_memory_per_atom_is_bounded_and_unknown_species_are_refused():
     rng = np.random.default_rng(0)
-    n = 100_000
-    cell = np.diag([130.0, 130.0, 130.0])  # Bohr; about the density of Al
-    local = LocalDescriptors(AL_SPEC, rng.random((n, 3)) @ cell, np.full(n, 13), cell)
+    side = 46  # a jittered simple-cubic lattice of 46^3 = 97,336 atoms, 2.83 Bohr apart (no duplicated atoms)
+    cell = np.diag([130.0, 130.0, 130.0])  # Bohr
+    frac = (np.stack(np.meshgrid(*[np.arange(side)] * 3, indexing="ij"), -1).reshape(-1, 3) + 0.5) / side
+    n = len(frac)
+    local = LocalDescriptors(AL_SPEC, (frac + rng.uniform(-0.02, 0.02, frac.shape) / side) @ cell, np.full(n, 13), cell)
     held = sum(v.nbytes for v in vars(local).values() if isinstance(v, np.ndarray))
     assert held <= 64 * n  # positions, numbers, cell list: no per-atom neighbour tables
     # one block of such a cell is computed from a cluster of a few thousand atoms only

@@ -189,3 +189,24 @@ def test_bad_input_is_refused_clearly():
     twin = Atoms("Al2", positions=[[0, 0, 0], [0, 0, 0]], cell=np.eye(3) * 5, pbc=True)
     with pytest.raises(InvalidStructureError, match="coincides"):
         Descriptors.from_atoms(spec, twin)
+
+
+@pytest.mark.parametrize("pbc", [True, False])
+def test_nuclei_closer_than_half_an_angstrom_are_refused(pbc):
+    """A duplicated atom (two nuclei 0.45 Angstrom apart, through the periodic boundary when there is one;
+    brute force: the minimum-image distance) is refused, naming both atoms; 0.55 Angstrom (also no bond,
+    but above the limit) and one atom in a 0.45 Angstrom-wide periodic cell tell the limit and the self-image case."""
+    spec = DescriptorSpec(m=1, m_s=0)
+    cell = np.eye(3) * 6.0
+    far = 6.0 - 0.45 if pbc else 0.45
+    close = Atoms("Al3", positions=[[0.0, 1, 1], [3, 3, 3], [far, 1, 1]], cell=cell, pbc=pbc)
+    mic = np.linalg.norm(close.get_distance(0, 2, mic=pbc))
+    assert mic == pytest.approx(0.45)
+    with pytest.raises(InvalidStructureError, match=r"atom 0 is 0.45 Angstrom from atom 2 .*duplicated"):
+        Descriptors.from_atoms(spec, close)
+    close.positions[2, 0] = 6.0 - 0.55 if pbc else 0.55
+    Descriptors.from_atoms(spec, close)  # accepted
+    if pbc:
+        thin = Atoms("Al", positions=[[0, 0, 0]], cell=[6.0, 6.0, 0.45], pbc=True)
+        with pytest.raises(InvalidStructureError, match="0.45 Angstrom from its own periodic image"):
+            Descriptors.from_atoms(spec, thin)

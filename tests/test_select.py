@@ -81,7 +81,7 @@ def test_select_by_electron_ranks_by_epistemic_sigma_per_electron(toy_model_path
     assert all(c["epistemic_eps_percent"] == c["score"] for c in report["candidates"])
 
 
-@pytest.mark.parametrize("case", ["missing", "top", "species"])
+@pytest.mark.parametrize("case", ["missing", "top", "species", "duplicate"])
 def test_select_refuses_bad_input_with_one_line(case, toy_model_path, tmp_path, capsys):  # noqa: F811
     good = tmp_path / "al.xyz"
     write(good, bulk("Al", "fcc", a=4.05, cubic=True))
@@ -90,14 +90,21 @@ def test_select_refuses_bad_input_with_one_line(case, toy_model_path, tmp_path, 
         args[-1] = str(tmp_path / "nope.xyz")
     elif case == "top":
         args += ["--top", "0"]
-    else:
+    elif case == "species":
         cu = bulk("Cu", "fcc", a=3.6, cubic=True)
         write(tmp_path / "cu.xyz", cu)
         args.append(str(tmp_path / "cu.xyz"))
+    else:  # the second frame of a trajectory holds a duplicated atom: named by file and frame, before any scoring
+        frames = [bulk("Al", "fcc", a=4.05, cubic=True) for _ in range(2)]
+        frames[1].positions[3] = frames[1].positions[2] + 0.1
+        write(tmp_path / "traj.xyz", frames)
+        args.append(str(tmp_path / "traj.xyz"))
     capsys.readouterr()
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mlrho select: error:")
+    if case == "duplicate":
+        assert err[0].startswith("mlrho select: error: ") and "traj.xyz frame 1: atom 2 is 0.173 Angstrom from atom 3" in err[0]
 
 
 def test_typicality_weights_are_a_kernel_density_written_out():

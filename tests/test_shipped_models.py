@@ -373,3 +373,32 @@ def test_al_pbe_on_larger_held_out_kpoint_cells(cell, eps_bar):
     (m,), _, _ = evaluate_snapshots(model, [snap])
     assert len(snap.atoms) == 64 and np.isclose(snap.n_electrons, 64 * 3)
     assert m.eps_rho_percent < eps_bar and m.coverage_3sigma >= 0.99
+
+
+def test_a_raw_electron_count_far_from_the_exact_one_warns():
+    """al-pbe's raw integral stays within 0.45 % of the electron count on every committed SPARC cell (bulk,
+    defects, slabs, strained and hot cells); the renormalisation would hide a larger miss, so above 2 % the
+    prediction warns. A (111) slab whose box ends at its outer atoms along the non-periodic direction (the
+    density beyond is lost: -15.5 % when measured) and a cell given in Bohr instead of Angstrom (+26.9 %) warn;
+    the same slab with 6 Angstrom of vacuum (+0.18 %) does not."""
+    from ase.build import fcc111
+
+    from ase_mlrho.inference import InferenceSettings, run_prediction
+
+    model = load_model("al-pbe")
+
+    def summary(atoms):
+        return run_prediction(model, atoms, settings=InferenceSettings(n_samples=2)).summary
+
+    slab = fcc111("Al", (2, 2, 6), a=4.05, vacuum=6.0)
+    slab.pbc = (True, True, False)
+    ok = summary(slab)
+    assert abs(ok.electrons_raw / ok.n_electrons - 1) < 0.005 and ok.electrons_warning is None
+    slab.positions[:, 2] -= slab.positions[:, 2].min()
+    slab.cell[2, 2] = slab.positions[:, 2].max() + 0.01  # no vacuum: the box ends at the outer layers
+    cut = summary(slab)
+    assert cut.electrons_raw / cut.n_electrons - 1 < -0.10
+    assert cut.electrons_warning in cut.warnings and "% from the structure's 72" in cut.electrons_warning
+    bohr = bulk("Al", "fcc", a=4.05 * Bohr, cubic=True).repeat((2, 2, 2))  # 4.05 Bohr read as Angstrom
+    wrong = summary(bohr)
+    assert wrong.electrons_raw / wrong.n_electrons - 1 > 0.10 and wrong.electrons_warning is not None

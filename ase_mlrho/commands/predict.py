@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from ..structure_files import read_structure
 
@@ -51,6 +52,10 @@ def register(subparsers) -> None:
                         "everything by one factor; posterior adds or removes the charge where the model's sigma is "
                         "largest (the most probable field with that count; for cells unlike the training data, "
                         "e.g. a surface; not with .zarr)")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="also draw where the model is least sure: the grid plane through the largest epistemic sigma "
+                        "(density, epistemic sigma over the out-of-distribution threshold, a line with its +/- 3 sigma "
+                        "bands); not with .zarr output")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
     p.set_defaults(func=run)
@@ -59,6 +64,20 @@ def register(subparsers) -> None:
 def _fail(message: str) -> int:
     print(f"mlrho predict: error: {' '.join(str(message).split())}", file=sys.stderr)
     return 2
+
+
+def _check_plot(plot: str, output: str | None, overwrite: bool) -> None:
+    """Refuse a figure that could not be written, before any work (ValueError)."""
+    path = Path(plot)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"--plot {plot}: the figure is a PNG file; name it FILE.png")
+    if output and Path(output).suffix.lower() == ".zarr":
+        raise ValueError("--plot needs the whole field in memory, which .zarr output does not hold; plot from the "
+                         "store (zarr.open_group(OUT)['sigma_epistemic'][:, :, k]) or write .npz")
+    if not path.resolve().parent.is_dir():
+        raise ValueError(f"--plot {plot}: directory {path.parent} does not exist")
+    if path.exists() and not overwrite:
+        raise ValueError(f"--plot {plot} already exists; remove it, choose another name, or pass --overwrite")
 
 
 def run(args) -> int:
@@ -82,6 +101,8 @@ def run(args) -> int:
         ex = ExecutorSettings(executor, args.workers, args.dask_address)
         if args.output:
             check_output(args.output, args.overwrite, sinks)
+        if args.plot:
+            _check_plot(args.plot, args.output, args.overwrite)
         atoms = read_structure(args.structure, args.index)
     except (ValueError, OutputError, InvalidStructureError, OSError) as exc:
         return _fail(exc)
@@ -99,6 +120,11 @@ def run(args) -> int:
     except (ValueError, OSError) as exc:  # OutputError, InvalidStructureError, a field that cannot be renormalised
         return _fail(exc)
     s = result.summary
+    if args.plot:
+        from ..uncertainty import plot_uncertainty_slice
+
+        node = plot_uncertainty_slice(result.field, atoms, args.plot, s.ood_threshold_e_per_bohr3,
+                                      title=f"{Path(args.structure).name}, {model.name}:")
     total_s = time.perf_counter() - t_start
     for warning in s.warnings:
         print(f"mlrho predict: warning: {warning}", file=sys.stderr)
@@ -113,6 +139,8 @@ def run(args) -> int:
                                            "beyond_training_fraction", "surface_term", "chunks", "chunks_resumed",
                                            "executor", "workers")})
         report["model"] = model.name
+        if args.plot:
+            report["plot"] = {"file": args.plot, "largest_epistemic_sigma_node": list(node)}
         report["command_seconds"] = total_s  # the whole command: start-up, model loading, prediction, output
         print(json.dumps(report))
     else:
@@ -144,4 +172,6 @@ def run(args) -> int:
                                        if s.surface_term else
                                        f"not needed: no point is {cal.vacuum_radius_bohr:g} Bohr from every atom"))
         print(f"output         {s.output or '(none: pass -o OUT.zarr|.cube|.dens|.npz to keep the field)'}")
+        if args.plot:
+            print(f"figure         {args.plot} (the plane k = {node[2]} through the largest epistemic sigma)")
     return 0

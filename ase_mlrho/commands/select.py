@@ -71,10 +71,13 @@ def run(args) -> int:
 
     try:
         model = load_model(args.model)
-        for source, frame, atoms in candidates:
-            validate_structure(model, atoms)
-    except (ModelFileError, InvalidStructureError, ValueError) as exc:
+    except (ModelFileError, ValueError) as exc:
         return _fail(exc)
+    for source, frame, atoms in candidates:
+        try:
+            validate_structure(model, atoms)
+        except (InvalidStructureError, ValueError) as exc:
+            return _fail(f"{source} frame {frame}: {exc}")
 
     def progress(i, n):
         if not args.json:
