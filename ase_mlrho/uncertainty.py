@@ -109,7 +109,10 @@ def plot_reliability(error, sigma, path, title: str = "Reliability diagram") -> 
     ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    from .files import atomic_write
+
+    fmt = str(path).rsplit(".", 1)[-1].lower() if "." in str(path) else "png"
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=130), binary=True)  # never a half-written figure
     plt.close(fig)
 
 

@@ -55,7 +55,9 @@ def test_evaluate_plots(toy_model, al4_dir, tmp_path, capsys):
     assert main(["evaluate", "-m", str(toy_model), str(al4_dir), "--plot", str(tmp_path / "plots")]) == 0
     assert "al4" in capsys.readouterr().out
     for name in ("al4_slice.png", "al4_reliability.png"):
+        assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
         assert (tmp_path / "plots" / name).stat().st_size > 10_000
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["al4_reliability.png", "al4_slice.png"]
 
 
 def test_model_file_records_how_it_was_made(toy_model):

@@ -67,6 +67,7 @@ def _plots(directory: Path, snapshots, preds) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from ..files import atomic_write
     from ..uncertainty import plot_reliability
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -87,7 +88,8 @@ def _plots(directory: Path, snapshots, preds) -> None:
         ax1.set_title("ML - DFT, slice k = %d" % k)
         fig.colorbar(im, ax=ax1, label="e/Bohr^3")
         fig.tight_layout()
-        fig.savefig(directory / f"{snap.name}_slice.png", dpi=120)
+        atomic_write(directory / f"{snap.name}_slice.png", lambda f: fig.savefig(f, format="png", dpi=120),
+                     binary=True)
         plt.close(fig)
         plot_reliability(pred.density - snap.density_e_per_bohr3, pred.sigma_total,
                          directory / f"{snap.name}_reliability.png", title=snap.name)
