@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,10 +20,12 @@ from . import descriptor_kernel
 from .descriptors import Descriptors
 from .domain import nearest_atom_columns
 from .grid import Grid
-from .dense_descriptors import DenseDescriptors, compact_sub_blocks
 from .local_descriptors import LOCAL_MIN_ATOMS, LocalDescriptors
-from .predictor import Predictor
 from .surface import SurfaceDepth, inflate_aleatoric
+
+if TYPE_CHECKING:  # torch-backed modules, imported where they are used (build_context)
+    from .dense_descriptors import DenseDescriptors
+    from .predictor import Predictor
 
 __all__ = ["InferenceSettings", "Structure", "ChunkPlan", "Job", "Block", "make_job", "predict_block",
            "build_context", "cached_context", "context_for_token", "DEFAULT_CHUNK_POINTS", "DEFAULT_BATCH_POINTS",
@@ -306,6 +309,11 @@ class MemberByMember:
 
 
 def build_context(job: Job) -> Context:
+    # torch-backed modules load here, in the worker, not when this module is imported (mlrho --help, the cheap
+    # checks of mlrho predict and the .dens reader stay free of torch's import time)
+    from .dense_descriptors import DenseDescriptors
+    from .predictor import Predictor
+
     s = job.structure
     kind = LocalDescriptors if job.local_tables else Descriptors
     desc = kind(job.model.spec, s.positions_bohr, s.numbers, s.cell_bohr, s.pbc)
@@ -393,6 +401,8 @@ def predict_block(ctx: Context, index: int) -> Block:
 
 def _sub_block_order(shape, sub_points: int) -> tuple[np.ndarray, np.ndarray]:
     """The nodes of a block of ``shape`` grouped by compact sub-block: (local C-order indices, sub-block sizes)."""
+    from .dense_descriptors import compact_sub_blocks
+
     local = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
     parts = [local[sub].reshape(-1) for sub in compact_sub_blocks(shape, sub_points)]
     return np.concatenate(parts), np.array([len(x) for x in parts], dtype=np.int64)

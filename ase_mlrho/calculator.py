@@ -26,7 +26,7 @@ cell -- SPARC's grid rule at the model's mesh spacing, node (0, 0, 0) at the cel
 * ``electrons_raw`` -- the integral of the raw prediction before clipping and renormalisation (a
   diagnostic: far from the electron count means the model is struggling), and ``n_electrons``. More
   than 2 % off, the calculator warns once per structure (:class:`OutOfDistributionWarning`): a box
-  without vacuum along a non-periodic direction, or positions in Bohr, do that;
+  without vacuum along a non-periodic direction, or a cell in the wrong length unit, do that;
 * ``expected_eps_percent`` -- the error per electron the model's own sigma predicts, in % (what
   ``mlrho evaluate`` would measure as eps against DFT; :func:`~ase_mlrho.inference.expected_eps_percent`);
 * ``ood_fraction`` -- the fraction of grid points whose epistemic sigma exceeds the 99.9th

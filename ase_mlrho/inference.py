@@ -70,7 +70,7 @@ OOD_WARNING_FRACTION = 0.01
 #: a prediction is flagged when its raw integral misses the electron count by more than this fraction.
 #: On 148 SPARC cells (al-pbe and sige-pbe, training and held out, 4 to 128 atoms, slabs, voids,
 #: strained and hot cells; benchmarks/raw_electrons.py) the largest miss is 0.45 %; a box too small along a
-#: non-periodic direction, or positions given in Bohr instead of Angstrom, miss by 10 % or more.
+#: non-periodic direction misses by -15 %, Al in Bohr read as Angstrom by +7 % (the reverse mix-up: +27 %).
 RAW_ELECTRONS_WARNING_FRACTION = 0.02
 
 
@@ -170,7 +170,7 @@ class PredictionSummary:
             return None
         return (f"the raw prediction integrates to {self.electrons_raw:.6g} electrons, {100 * miss:+.1f} % from the "
                 f"structure's {self.n_electrons:g} (more than {100 * RAW_ELECTRONS_WARNING_FRACTION:g} %; held-out "
-                "cells stay within 0.5 %), and the renormalisation rescales the whole field to hide it: check the "
+                "cells stay within 0.5 %), which the renormalisation to the exact count hides: check the "
                 "structure (positions in Angstrom, vacuum along non-periodic directions)")
 
     @property

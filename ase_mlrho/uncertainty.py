@@ -109,11 +109,15 @@ def plot_reliability(error, sigma, path, title: str = "Reliability diagram") -> 
     ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
+    from pathlib import Path
+
     from .files import atomic_write
 
-    fmt = str(path).rsplit(".", 1)[-1].lower() if "." in str(path) else "png"
-    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=130), binary=True)  # never a half-written figure
-    plt.close(fig)
+    try:  # never a half-written figure; the figure is closed whatever happens
+        fmt = Path(path).suffix.lstrip(".").lower() or "png"
+        atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=130), binary=True)
+    finally:
+        plt.close(fig)
 
 
 def plot_uncertainty_slice(field, atoms, path, ood_threshold_e_per_bohr3: float | None = None,
@@ -170,7 +174,7 @@ def plot_uncertainty_slice(field, atoms, path, ood_threshold_e_per_bohr3: float 
         im = ax.imshow(epi, origin="lower", extent=extent, cmap="magma")
         fig.colorbar(im, ax=ax, label="epistemic sigma (e/Bohr^3)")
         ax.set_title("epistemic sigma")
-    ax.plot(i * h[0], j * h[1], "c+", ms=12, mew=2)
+    ax.plot(i * h[0], j * h[1], "w+", ms=12, mew=2)  # the node (white); cyan is the threshold's contour
     for ax in axes[:2]:
         ax.set_xlabel("along a (Bohr)")
         ax.set_ylabel("along b (Bohr)")
@@ -190,6 +194,8 @@ def plot_uncertainty_slice(field, atoms, path, ood_threshold_e_per_bohr3: float 
     fig.suptitle(f"{title}  largest epistemic sigma {field.sigma_epistemic[i, j, k]:.3g} e/Bohr^3 at node "
                  f"({i}, {j}, {k}) = ({position[0]:.2f}, {position[1]:.2f}, {position[2]:.2f}) Angstrom".strip())
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), binary=True)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), binary=True)
+    finally:
+        plt.close(fig)
     return i, j, k

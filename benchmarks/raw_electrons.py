@@ -2,7 +2,7 @@
 
 Before it is written, a prediction is renormalised to the structure's electron count. A model that knows the
 structure misses that count by little; a large miss means something is wrong with the input. Examples are
-a box that ends at the outer atoms along a non-periodic direction, or positions given in Bohr. The
+a box that ends at the outer atoms along a non-periodic direction, or a cell in the wrong length unit. The
 renormalisation would hide such a miss, so ``mlrho predict`` and the calculator warn above
 ``ase_mlrho.inference.RAW_ELECTRONS_WARNING_FRACTION``. This script measures the miss on every SPARC cell
 given and prints the largest. Each cell is predicted on its own SPARC grid, with the shipped model of its

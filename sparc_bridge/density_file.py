@@ -212,7 +212,7 @@ def _write_predicted_density(path, out) -> Path:
 
 
 def _dens_sink():
-    from ase_mlrho.inference import FileSink
+    from ase_mlrho.sinks import FileSink  # (ase_mlrho.sinks imports no torch: the .dens reader stays light)
 
     return FileSink("dens", (".dens", ".dens.gz"), ("density",), _write_predicted_density)
 

@@ -28,3 +28,20 @@ def test_help_names_no_folder_outside_the_repository():
     for name, sub in _subparsers(build_parser()).items():
         text = sub.format_help()
         assert "../" not in text, f"mlrho {name} --help refers to a folder outside the repository"
+
+
+def test_help_and_the_cheap_checks_import_no_torch():
+    """torch takes 2-4 s to import: ``mlrho --help``, the parser, the inference driver's checks (a missing
+    structure file, a refused output) and SPARC's .dens reader must not pay for it; the workers import it
+    when they build their context. Measured in a fresh interpreter (this one has torch loaded already)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from ase_mlrho.cli import build_parser\n"
+            "build_parser().format_help()\n"
+            "import ase_mlrho.inference, ase_mlrho.calculator, sparc_bridge.density_file\n"
+            "sparc_bridge.density_file.DENS_SINK\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

@@ -375,8 +375,8 @@ def test_predict_json_from_a_sparc_ion_file_is_pure_json(toy_model_path, tmp_pat
 
 def test_predict_plot_draws_the_plane_of_the_largest_epistemic_sigma(toy_model_path, tmp_path, capsys):
     """--plot writes a PNG of the grid plane through the node of largest epistemic sigma; that node, found here
-    from the written .npz, is the one the JSON report names. Refused before any work: a non-PNG name, .zarr
-    output (no field in memory), an existing figure without --overwrite."""
+    from the written .npz, is the one the JSON report names. Refused before any work: a non-PNG name, .zarr or
+    .cube output (neither keeps the sigmas in memory), an existing figure without --overwrite."""
     atoms = al_cell((1, 1, 1))
     del atoms[3]  # a vacancy: the largest sigma sits somewhere in particular
     write(tmp_path / "vac.xyz", atoms)
@@ -390,6 +390,7 @@ def test_predict_plot_draws_the_plane_of_the_largest_epistemic_sigma(toy_model_p
     assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and fig.stat().st_size > 20_000
     for extra, message in ((["--plot", str(tmp_path / "v.pdf")], "PNG"),
                            (["-o", str(tmp_path / "v.zarr"), "--plot", str(tmp_path / "v.png")], "in memory"),
+                           (["-o", str(tmp_path / "v.cube"), "--plot", str(tmp_path / "v.png")], "in memory"),
                            (["--plot", str(fig)], "already exists")):
         before = sorted(os.listdir(tmp_path))
         assert main(args + extra) == 2

@@ -43,6 +43,43 @@ def test_neighbors_match_brute_force(seed, n_atoms, m, pbc):
         np.testing.assert_allclose(frac[:, ~periodic], 0.0, atol=1e-9)
 
 
+def _halo_by_formula(frac, cell, periodic, radius, spacings):
+    """The periodic halo written out: every image (atom a, integer shift s, |s_d| <= ceil(margin_d) + 3) whose
+    fractional coordinates lie within margin_d = radius / plane spacing of the unit cube along each periodic
+    direction, shift-major and atom-minor (the order the tree indexes)."""
+    import itertools
+    import math
+
+    margin = np.where(periodic, radius / spacings, 0.0)
+    ranges = [range(-math.ceil(m) - 3, math.ceil(m) + 4) if p else [0] for m, p in zip(margin, periodic)]
+    atoms, pos = [], []
+    for shift in itertools.product(*ranges):
+        for a, f in enumerate(frac):
+            g = f + np.array(shift, dtype=float)
+            if all((not p) or (-m - 1e-12 <= x <= 1 + m + 1e-12) for x, m, p in zip(g, margin, periodic)):
+                atoms.append(a)
+                pos.append(g @ cell)
+    return np.array(atoms), np.array(pos).reshape(-1, 3)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_periodic_halo_is_every_image_within_the_margin_in_order(seed):
+    """PeriodicNeighbors builds its halo one image of the cell at a time (memory O(N)); it must hold exactly the
+    images the formula above lists, in the same order: triclinic cells, mixed periodicity, 1 to 9 atoms, margins
+    from a tenth of a cell to more than two cells."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 10))
+    cell = np.diag(rng.uniform(4, 9, 3)) + rng.normal(0, 1.2, (3, 3))
+    pbc = (True, True, True) if seed < 2 else tuple(bool(b) for b in rng.random(3) < 0.6)
+    frac = rng.random((n, 3))
+    nb = PeriodicNeighbors(frac @ cell, cell, pbc)
+    radius = float(rng.uniform(0.5, 14.0))
+    nb._build_halo(radius)
+    atoms, pos = _halo_by_formula(nb.frac_positions, cell, np.array(pbc), radius, nb._spacings)
+    assert np.array_equal(nb._halo_atom, atoms)
+    np.testing.assert_allclose(nb._halo_pos, pos, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("pbc", [(True, True, True), (True, True, False)])
 def test_bounded_nearest_distance_matches_brute_force(pbc):
     """``nearest_distance_within``: the nearest image's distance where it is within the radius, inf beyond."""

@@ -379,8 +379,9 @@ def test_a_raw_electron_count_far_from_the_exact_one_warns():
     """al-pbe's raw integral stays within 0.45 % of the electron count on every committed SPARC cell (bulk,
     defects, slabs, strained and hot cells); the renormalisation would hide a larger miss, so above 2 % the
     prediction warns. A (111) slab whose box ends at its outer atoms along the non-periodic direction (the
-    density beyond is lost: -15.5 % when measured) and a cell given in Bohr instead of Angstrom (+26.9 %) warn;
-    the same slab with 6 Angstrom of vacuum (+0.18 %) does not."""
+    density beyond is lost: -15.5 % when measured) and cells in the wrong length unit warn: Al's 7.65 Bohr
+    read as 7.65 Angstrom (1.89x too large, +7.3 %) and the reverse mix-up (0.53x too small, +26.9 %). The same
+    slab with 6 Angstrom of vacuum (+0.18 %) does not."""
     from ase.build import fcc111
 
     from ase_mlrho.inference import InferenceSettings, run_prediction
@@ -399,6 +400,7 @@ def test_a_raw_electron_count_far_from_the_exact_one_warns():
     cut = summary(slab)
     assert cut.electrons_raw / cut.n_electrons - 1 < -0.10
     assert cut.electrons_warning in cut.warnings and "% from the structure's 72" in cut.electrons_warning
-    bohr = bulk("Al", "fcc", a=4.05 * Bohr, cubic=True).repeat((2, 2, 2))  # 4.05 Bohr read as Angstrom
-    wrong = summary(bohr)
-    assert wrong.electrons_raw / wrong.n_electrons - 1 > 0.10 and wrong.electrons_warning is not None
+    too_large = summary(bulk("Al", "fcc", a=4.05 / Bohr, cubic=True))  # the lattice constant in Bohr, read as A
+    assert too_large.electrons_raw / too_large.n_electrons - 1 > 0.05 and too_large.electrons_warning is not None
+    too_small = summary(bulk("Al", "fcc", a=4.05 * Bohr, cubic=True).repeat((2, 2, 2)))
+    assert too_small.electrons_raw / too_small.n_electrons - 1 > 0.10 and too_small.electrons_warning is not None

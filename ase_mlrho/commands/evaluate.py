@@ -88,8 +88,10 @@ def _plots(directory: Path, snapshots, preds) -> None:
         ax1.set_title("ML - DFT, slice k = %d" % k)
         fig.colorbar(im, ax=ax1, label="e/Bohr^3")
         fig.tight_layout()
-        atomic_write(directory / f"{snap.name}_slice.png", lambda f: fig.savefig(f, format="png", dpi=120),
-                     binary=True)
-        plt.close(fig)
+        try:
+            atomic_write(directory / f"{snap.name}_slice.png", lambda f: fig.savefig(f, format="png", dpi=120),
+                         binary=True)
+        finally:
+            plt.close(fig)
         plot_reliability(pred.density - snap.density_e_per_bohr3, pred.sigma_total,
                          directory / f"{snap.name}_reliability.png", title=snap.name)

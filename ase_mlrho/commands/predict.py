@@ -55,7 +55,7 @@ def register(subparsers) -> None:
     p.add_argument("--plot", metavar="FILE.png",
                    help="also draw where the model is least sure: the grid plane through the largest epistemic sigma "
                         "(density, epistemic sigma over the out-of-distribution threshold, a line with its +/- 3 sigma "
-                        "bands); not with .zarr output")
+                        "bands); with no output or .npz only")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
     p.set_defaults(func=run)
@@ -71,9 +71,10 @@ def _check_plot(plot: str, output: str | None, overwrite: bool) -> None:
     path = Path(plot)
     if path.suffix.lower() != ".png":
         raise ValueError(f"--plot {plot}: the figure is a PNG file; name it FILE.png")
-    if output and Path(output).suffix.lower() == ".zarr":
-        raise ValueError("--plot needs the whole field in memory, which .zarr output does not hold; plot from the "
-                         "store (zarr.open_group(OUT)['sigma_epistemic'][:, :, k]) or write .npz")
+    if output and Path(output).suffix.lower() != ".npz":
+        raise ValueError(f"--plot needs the density and its sigmas in memory, which {Path(output).name} output does "
+                         "not keep; write OUT.npz (or no output), or plot from a .zarr store "
+                         "(zarr.open_group(OUT)['sigma_epistemic'][:, :, k])")
     if not path.resolve().parent.is_dir():
         raise ValueError(f"--plot {plot}: directory {path.parent} does not exist")
     if path.exists() and not overwrite:
@@ -88,7 +89,7 @@ def run(args) -> int:
     from sparc_bridge.density_file import DENS_SINK
 
     from ..inference import (CORE_SINKS, DEFAULT_CHUNK_POINTS, ExecutorSettings,
-                             InferenceSettings, OutputError, check_output, run_prediction, validate_structure)
+                             InferenceSettings, OutputError, check_output, run_prediction)
 
     sinks = (*CORE_SINKS, DENS_SINK)  # the command layer may use both packages: SPARC's .dens is an output too
 
@@ -109,8 +110,7 @@ def run(args) -> int:
     from ..model_files import ModelFileError, load_model
 
     try:
-        model = load_model(args.model)
-        validate_structure(model, atoms)
+        model = load_model(args.model)  # (run_prediction checks the structure against it before any work)
     except (ValueError, ModelFileError, InvalidStructureError, OSError) as exc:
         return _fail(exc)
 
@@ -123,6 +123,9 @@ def run(args) -> int:
     if args.plot:
         from ..uncertainty import plot_uncertainty_slice
 
+        if result.field is None:  # an .npz too large to hold: its arrays were streamed to disk
+            return _fail(f"--plot: the field of {s.n_points:,} points was too large to keep in memory, so no figure "
+                         f"was drawn ({s.output} is written); for fields this large write .zarr and plot a slice from the store")
         node = plot_uncertainty_slice(result.field, atoms, args.plot, s.ood_threshold_e_per_bohr3,
                                       title=f"{Path(args.structure).name}, {model.name}:")
     total_s = time.perf_counter() - t_start
