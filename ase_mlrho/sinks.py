@@ -24,6 +24,7 @@ from .grid import Grid
 
 __all__ = ["OutputError", "FileSink", "SinkInput", "CORE_SINKS", "CUBE_SINK", "NPZ_SINK", "SIGMA_FIELDS", "ZARR_FORMAT",
            "ZARR_FORMAT_VERSION", "ARRAY_NAMES", "output_sink", "check_output", "open_prediction", "verify_prediction",
+           "largest_epistemic_plane",
            "open_zarr_store", "partial_path", "model_info", "Accumulator", "write_block_zarr", "rescale_block_zarr",
            "block_digest"]
 
@@ -227,6 +228,37 @@ def open_prediction(path) -> dict:
     out = {name: group[name][...] for name in ARRAY_NAMES}
     out["attrs"] = attrs
     return out
+
+
+def largest_epistemic_plane(path) -> dict:
+    """The plane of a complete zarr prediction store through its node of largest epistemic sigma, for
+    :func:`ase_mlrho.uncertainty.plot_uncertainty_plane`, read without loading the store: the argmax is
+    found slab by slab along the first axis (one chunk row at a time), then one k-plane and one line are
+    read. Returns ``grid``, ``node`` (i, j, k), ``plane`` and ``line`` (float64 density, sigma_aleatoric,
+    sigma_epistemic, e/Bohr^3 as stored) and ``renormalisation_factor``."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")
+    attrs = dict(group.attrs)
+    if attrs.get("format") != ZARR_FORMAT or not attrs.get("complete"):
+        raise OutputError(f"{path} is not a complete {ZARR_FORMAT} store")
+    g = attrs["grid"]
+    grid = Grid(np.asarray(g["cell_bohr"], dtype=np.float64), tuple(g["shape"]), tuple(g["pbc"]))
+    epi = group["sigma_epistemic"]
+    step = int(epi.chunks[0])
+    best, node = -np.inf, (0, 0, 0)
+    for i0 in range(0, grid.shape[0], step):
+        slab = epi[i0:i0 + step]
+        flat = int(np.argmax(slab))
+        if slab.flat[flat] > best:
+            i, j, k = np.unravel_index(flat, slab.shape)
+            best, node = float(slab.flat[flat]), (int(i0 + i), int(j), int(k))
+    i, j, k = node
+    names = ("density", "sigma_aleatoric", "sigma_epistemic")
+    return {"grid": grid, "node": node,
+            "plane": {n: np.asarray(group[n][:, :, k], dtype=np.float64) for n in names},
+            "line": {n: np.asarray(group[n][:, j, k], dtype=np.float64) for n in names},
+            "renormalisation_factor": float(attrs.get("renormalisation_factor", 1.0))}
 
 
 def verify_prediction(path) -> int:

@@ -16,7 +16,8 @@ from scipy.special import erf, erfinv
 __all__ = [
     "coverage", "miscalibration_area", "gaussian_nll", "sharpness", "calibration_scale",
     "tail_calibration_scale", "calibrated_scale", "expected_coverage",
-    "reliability_curve", "plot_reliability", "plot_uncertainty_slice", "combine_sigmas",
+    "reliability_curve", "plot_reliability", "plot_uncertainty_slice", "plot_uncertainty_plane",
+    "combine_sigmas",
 ]
 
 
@@ -124,14 +125,31 @@ def plot_uncertainty_slice(field, atoms, path, ood_threshold_e_per_bohr3: float 
                            title: str = "") -> tuple[int, int, int]:
     """Save a figure of a prediction where the model is least sure, and return that grid node (i, j, k).
 
-    ``field`` is a :class:`~ase_mlrho.inference.FieldPrediction`, ``atoms`` the ``ase.Atoms`` it was
-    predicted for (Angstrom). The node is the one of largest epistemic sigma; the figure shows the grid
-    plane k through it: (1) the density, with the atoms within one plane spacing of the plane; (2) the
-    epistemic sigma (as predicted, before renormalisation) over the model's out-of-distribution threshold
-    (the validation cells' p99.9), with the contour where it crosses 1, or the epistemic sigma itself when the model stores no threshold; (3) the
-    line along the first lattice vector through the node: the mean density and its +/- 3 sigma bands
-    (total and epistemic). Axes are node index x node spacing along the first two lattice vectors, in
-    Bohr (exact distances for orthogonal cells). Written atomically (PNG)."""
+    ``field`` is a :class:`~ase_mlrho.inference.FieldPrediction` in memory, ``atoms`` the ``ase.Atoms``
+    it was predicted for (Angstrom). The node is the one of largest epistemic sigma; the figure is
+    :func:`plot_uncertainty_plane`'s. (A zarr store: :func:`ase_mlrho.sinks.largest_epistemic_plane`.)"""
+    node = tuple(int(n) for n in np.unravel_index(int(np.argmax(field.sigma_epistemic)), field.grid.shape))
+    i, j, k = node
+    names = ("density", "sigma_aleatoric", "sigma_epistemic")
+    plane = {n: getattr(field, n)[:, :, k] for n in names}
+    line = {n: getattr(field, n)[:, j, k] for n in names}
+    plot_uncertainty_plane(field.grid, node, plane, line, field.renormalisation_factor, atoms, path,
+                           ood_threshold_e_per_bohr3, title)
+    return node
+
+
+def plot_uncertainty_plane(grid, node, plane: dict, line: dict, renormalisation_factor: float, atoms, path,
+                           ood_threshold_e_per_bohr3: float | None = None, title: str = "") -> None:
+    """Save a figure of the grid plane k through ``node`` = (i, j, k), the node of largest epistemic sigma.
+
+    ``plane`` holds the (Nx, Ny) arrays ``density``, ``sigma_aleatoric`` and ``sigma_epistemic`` at that k,
+    ``line`` the (Nx,) arrays at (j, k), e/Bohr^3 as written (scaled by ``renormalisation_factor``).
+    Panels: (1) the density, with the atoms within one plane spacing of the plane; (2) the epistemic
+    sigma as predicted (before the renormalisation) over the model's out-of-distribution threshold (the
+    validation cells' p99.9), with the contour where it crosses 1, or the epistemic sigma itself when the
+    model stores no threshold; (3) the line along the first lattice vector through the node: the mean
+    density and its +/- 3 sigma bands (total and epistemic). Axes are node index x node spacing along
+    the first two lattice vectors, in Bohr (exact distances for orthogonal cells). Written atomically (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,31 +158,30 @@ def plot_uncertainty_slice(field, atoms, path, ood_threshold_e_per_bohr3: float 
 
     from .files import atomic_write
 
-    grid = field.grid
-    i, j, k = (int(n) for n in np.unravel_index(int(np.argmax(field.sigma_epistemic)), grid.shape))
+    i, j, k = node
     h = grid.spacing_bohr
     extent = (-0.5 * h[0], (grid.shape[0] - 0.5) * h[0], -0.5 * h[1], (grid.shape[1] - 0.5) * h[1])
     frac = atoms.cell.scaled_positions(atoms.positions)
     frac[:, list(grid.pbc)] %= 1.0
-    node = frac * np.asarray(grid.intervals, dtype=np.float64)  # positions in node units
-    dk = node[:, 2] - k
+    atom_nodes = frac * np.asarray(grid.intervals, dtype=np.float64)  # atom positions in node units
+    dk = atom_nodes[:, 2] - k
     if grid.pbc[2]:
         dk = (dk + grid.intervals[2] / 2) % grid.intervals[2] - grid.intervals[2] / 2
     near = np.abs(dk) <= 1.0 + 1e-9
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     ax = axes[0]
-    im = ax.imshow(field.density[:, :, k].T, origin="lower", extent=extent, cmap="viridis")
-    ax.plot(node[near, 0] * h[0], node[near, 1] * h[1], "o", mfc="none", mec="w", ms=7,
+    im = ax.imshow(plane["density"].T, origin="lower", extent=extent, cmap="viridis")
+    ax.plot(atom_nodes[near, 0] * h[0], atom_nodes[near, 1] * h[1], "o", mfc="none", mec="w", ms=7,
             label=f"atoms within one plane spacing ({int(near.sum())})")
     ax.plot(i * h[0], j * h[1], "r+", ms=12, mew=2, label="largest epistemic sigma")
     fig.colorbar(im, ax=ax, label="density (e/Bohr^3)")
     ax.set_title(f"density, plane k = {k} of {grid.shape[2]}")
     ax.legend(fontsize=7, loc="upper right")
     ax = axes[1]
-    epi = field.sigma_epistemic[:, :, k].T
+    epi = plane["sigma_epistemic"].T
     if ood_threshold_e_per_bohr3:  # the threshold is on the sigma as predicted, before the renormalisation scaled it
-        ratio = epi / field.renormalisation_factor / ood_threshold_e_per_bohr3
+        ratio = epi / renormalisation_factor / ood_threshold_e_per_bohr3
         im = ax.imshow(ratio, origin="lower", extent=extent, cmap="magma")
         if ratio.min() < 1.0 < ratio.max():
             ax.contour(ratio, levels=[1.0], colors="c", extent=extent, origin="lower")
@@ -180,10 +197,10 @@ def plot_uncertainty_slice(field, atoms, path, ood_threshold_e_per_bohr3: float 
         ax.set_ylabel("along b (Bohr)")
     ax = axes[2]
     x = np.arange(grid.shape[0]) * h[0]
-    mu = field.density[:, j, k]
-    tot = np.sqrt(field.sigma_aleatoric[:, j, k] ** 2 + field.sigma_epistemic[:, j, k] ** 2)
+    mu, epi_line = line["density"], line["sigma_epistemic"]
+    tot = np.sqrt(line["sigma_aleatoric"] ** 2 + epi_line ** 2)
     ax.fill_between(x, mu - 3 * tot, mu + 3 * tot, color="C0", alpha=0.25, label="+/- 3 sigma (total)")
-    ax.fill_between(x, mu - 3 * field.sigma_epistemic[:, j, k], mu + 3 * field.sigma_epistemic[:, j, k],
+    ax.fill_between(x, mu - 3 * epi_line, mu + 3 * epi_line,
                     color="C3", alpha=0.4, label="+/- 3 sigma (epistemic)")
     ax.plot(x, mu, "k-", lw=1.2, label="predicted density")
     ax.axvline(i * h[0], color="r", lw=0.8, ls=":")
@@ -191,11 +208,10 @@ def plot_uncertainty_slice(field, atoms, path, ood_threshold_e_per_bohr3: float 
     ax.set_ylabel("density (e/Bohr^3)")
     ax.legend(fontsize=7)
     position = grid.points_bohr_at(np.array([np.ravel_multi_index((i, j, k), grid.shape)]))[0] * Bohr
-    fig.suptitle(f"{title}  largest epistemic sigma {field.sigma_epistemic[i, j, k]:.3g} e/Bohr^3 at node "
+    fig.suptitle(f"{title}  largest epistemic sigma {epi_line[i]:.3g} e/Bohr^3 at node "
                  f"({i}, {j}, {k}) = ({position[0]:.2f}, {position[1]:.2f}, {position[2]:.2f}) Angstrom".strip())
     fig.tight_layout()
     try:
         atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), binary=True)
     finally:
         plt.close(fig)
-    return i, j, k

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 from ase.build import bulk
 from ase.io import write
 from ase.units import Bohr
@@ -375,8 +376,9 @@ def test_predict_json_from_a_sparc_ion_file_is_pure_json(toy_model_path, tmp_pat
 
 def test_predict_plot_draws_the_plane_of_the_largest_epistemic_sigma(toy_model_path, tmp_path, capsys):
     """--plot writes a PNG of the grid plane through the node of largest epistemic sigma; that node, found here
-    from the written .npz, is the one the JSON report names. Refused before any work: a non-PNG name, .zarr or
-    .cube output (neither keeps the sigmas in memory), an existing figure without --overwrite."""
+    from the written .npz, is the one the JSON report names; from a .zarr store, read slab by slab, the same node.
+    Refused before any work: a non-PNG name, .cube or .dens output (they keep no sigmas), an existing figure
+    without --overwrite."""
     atoms = al_cell((1, 1, 1))
     del atoms[3]  # a vacancy: the largest sigma sits somewhere in particular
     write(tmp_path / "vac.xyz", atoms)
@@ -388,9 +390,19 @@ def test_predict_plot_draws_the_plane_of_the_largest_epistemic_sigma(toy_model_p
     epi = np.load(npz)["sigma_epistemic_e_per_bohr3"]
     assert report["plot"]["largest_epistemic_sigma_node"] == list(np.unravel_index(np.argmax(epi), epi.shape))
     assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and fig.stat().st_size > 20_000
+    # from a zarr store, read slab by slab (chunks of 3,000 points: 11 slabs along the first axis)
+    store, zfig = tmp_path / "vac.zarr", tmp_path / "vac_zarr.png"
+    assert main(args + ["-o", str(store), "--chunk-points", "3000", "--plot", str(zfig), "--json"]) == 0
+    zreport = json.loads(capsys.readouterr().out)
+    zepi = zarr.open_group(str(store), mode="r")["sigma_epistemic"]
+    assert zepi.chunks[0] < zepi.shape[0] // 4
+    zepi = zepi[...]
+    assert zreport["plot"]["largest_epistemic_sigma_node"] == list(np.unravel_index(np.argmax(zepi), zepi.shape))
+    assert zreport["plot"]["largest_epistemic_sigma_node"] == report["plot"]["largest_epistemic_sigma_node"]
+    assert zfig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for extra, message in ((["--plot", str(tmp_path / "v.pdf")], "PNG"),
-                           (["-o", str(tmp_path / "v.zarr"), "--plot", str(tmp_path / "v.png")], "in memory"),
-                           (["-o", str(tmp_path / "v.cube"), "--plot", str(tmp_path / "v.png")], "in memory"),
+                           (["-o", str(tmp_path / "v.cube"), "--plot", str(tmp_path / "v.png")], "does not keep"),
+                           (["-o", str(tmp_path / "v.dens"), "--plot", str(tmp_path / "v.png")], "does not keep"),
                            (["--plot", str(fig)], "already exists")):
         before = sorted(os.listdir(tmp_path))
         assert main(args + extra) == 2

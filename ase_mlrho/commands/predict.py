@@ -55,7 +55,7 @@ def register(subparsers) -> None:
     p.add_argument("--plot", metavar="FILE.png",
                    help="also draw where the model is least sure: the grid plane through the largest epistemic sigma "
                         "(density, epistemic sigma over the out-of-distribution threshold, a line with its +/- 3 sigma "
-                        "bands); with no output or .npz only")
+                        "bands); with no output, .npz or .zarr")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
     p.set_defaults(func=run)
@@ -71,10 +71,9 @@ def _check_plot(plot: str, output: str | None, overwrite: bool) -> None:
     path = Path(plot)
     if path.suffix.lower() != ".png":
         raise ValueError(f"--plot {plot}: the figure is a PNG file; name it FILE.png")
-    if output and Path(output).suffix.lower() != ".npz":
-        raise ValueError(f"--plot needs the density and its sigmas in memory, which {Path(output).name} output does "
-                         "not keep; write OUT.npz (or no output), or plot from a .zarr store "
-                         "(zarr.open_group(OUT)['sigma_epistemic'][:, :, k])")
+    if output and Path(output).suffix.lower() not in (".npz", ".zarr"):
+        raise ValueError(f"--plot needs the density and its sigmas, which {Path(output).name} output does not keep; "
+                         "write OUT.npz or OUT.zarr (or no output)")
     if not path.resolve().parent.is_dir():
         raise ValueError(f"--plot {plot}: directory {path.parent} does not exist")
     if path.exists() and not overwrite:
@@ -123,11 +122,20 @@ def run(args) -> int:
     if args.plot:
         from ..uncertainty import plot_uncertainty_slice
 
-        if result.field is None:  # an .npz too large to hold: its arrays were streamed to disk
+        title = f"{Path(args.structure).name}, {model.name}:"
+        if result.field is not None:
+            node = plot_uncertainty_slice(result.field, atoms, args.plot, s.ood_threshold_e_per_bohr3, title=title)
+        elif Path(s.output).suffix.lower() == ".zarr":  # read from the store: the argmax slab by slab, then one plane
+            from ..sinks import largest_epistemic_plane
+            from ..uncertainty import plot_uncertainty_plane
+
+            p = largest_epistemic_plane(s.output)
+            node = p["node"]
+            plot_uncertainty_plane(p["grid"], node, p["plane"], p["line"], p["renormalisation_factor"], atoms,
+                                   args.plot, s.ood_threshold_e_per_bohr3, title=title)
+        else:  # an .npz too large to hold: its arrays were streamed to disk
             return _fail(f"--plot: the field of {s.n_points:,} points was too large to keep in memory, so no figure "
-                         f"was drawn ({s.output} is written); for fields this large write .zarr and plot a slice from the store")
-        node = plot_uncertainty_slice(result.field, atoms, args.plot, s.ood_threshold_e_per_bohr3,
-                                      title=f"{Path(args.structure).name}, {model.name}:")
+                         f"was drawn ({s.output} is written); for fields this large write .zarr, which --plot reads")
     total_s = time.perf_counter() - t_start
     for warning in s.warnings:
         print(f"mlrho predict: warning: {warning}", file=sys.stderr)
