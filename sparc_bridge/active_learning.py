@@ -102,6 +102,18 @@ def _candidates(plan: LearningPlan) -> list[tuple[str, int, object]]:
     return [(path, i, atoms) for path in plan.candidates for i, atoms in enumerate(read_frames(path))]
 
 
+def _check_candidates(model, pool) -> None:
+    """Every candidate frame must be one the model can predict (its elements, a sane cell, no duplicated atom):
+    ValueError naming the file and frame of the first that is not."""
+    from ase_mlrho.inference import validate_structure
+
+    for source, frame, atoms in pool:
+        try:
+            validate_structure(model, atoms)
+        except ValueError as exc:  # InvalidStructureError, UnknownSpeciesError
+            raise ValueError(f"candidate {source} frame {frame}: {exc}") from exc
+
+
 def _key(source: str, frame: int) -> str:
     return f"{Path(source).name}@{frame}"
 
@@ -234,8 +246,11 @@ def run_active_learning(model_path, plan: LearningPlan, workdir, command: str | 
     from ase_mlrho.model_files import load_model, resolve_model_path
 
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     model_path = Path(resolve_model_path(model_path))
+    start = load_model(model_path)
+    pool_all = _candidates(plan)
+    _check_candidates(start, pool_all)  # before anything is written: a bad frame is named, not met in round 3
+    workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / MANIFEST
     if path.is_file():
         manifest = read_learning_manifest(workdir)
@@ -253,8 +268,6 @@ def run_active_learning(model_path, plan: LearningPlan, workdir, command: str | 
         manifest = {"format": FORMAT, "version": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "start_model": model_path.name, "plan": plan.to_dict(), "rounds": []}
         _save(workdir, manifest)
-    start = load_model(model_path)
-    pool_all = _candidates(plan)
     atoms_of = {_key(s, f): a for s, f, a in pool_all}
     if len(atoms_of) != len(pool_all):
         raise ValueError("two candidates share a file name and frame; give files distinct names")

@@ -112,3 +112,22 @@ def test_arms_sharing_a_dft_cache_compute_each_structure_once(toy, candidates, a
     m = read_learning_manifest(tmp_path / "rand")
     for r in m["rounds"]:  # the copied runs are complete SPARC runs the refit trained on
         assert (tmp_path / "rand" / r["runs"][0] / "SPARC.out").is_file()
+
+
+@pytest.mark.parametrize("bad", ["copper", "duplicate"])
+def test_learn_refuses_a_bad_candidate_before_writing_anything(bad, toy, candidates, al4_dir_module, fake, tmp_path,
+                                                                capsys):
+    """A candidate frame the model cannot predict (an element it does not know; a duplicated atom) is named by
+    file and frame in one line, before the work directory or any SPARC run exists."""
+    frames = [bulk("Al", "fcc", a=4.05, cubic=True) for _ in range(2)]
+    if bad == "copper":
+        frames[1][0].symbol = "Cu"
+    else:
+        frames[1].positions[1] = frames[1].positions[0] + 0.2
+    write(tmp_path / "traj.xyz", frames)
+    capsys.readouterr()
+    assert _learn(toy, [*candidates, str(tmp_path / "traj.xyz")], al4_dir_module, tmp_path / "work") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "traj.xyz frame 1: " in err[0]
+    assert ("structure has Cu" if bad == "copper" else "duplicated atom") in err[0]
+    assert not (tmp_path / "work").exists() and fake() == []
