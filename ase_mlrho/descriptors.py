@@ -183,7 +183,7 @@ class Descriptors:
         self.spec = spec
         self.cell_bohr, self.pbc, self.numbers = cell, pbc, numbers
         self._all = PeriodicNeighbors(pos, cell, pbc)
-        self._check_coincident_atoms()
+        check_closest_pair(self._all)
         self._by_species = []
         for s in spec.species:
             sel = np.flatnonzero(numbers == atomic_numbers[s])
@@ -199,9 +199,6 @@ class Descriptors:
         return cls(spec, atoms.get_positions() / Bohr, atoms.numbers, np.asarray(atoms.cell) / Bohr, atoms.pbc)
 
     # ------------------------------------------------------------------ per-structure tables
-    def _check_coincident_atoms(self) -> None:
-        check_closest_pair(self._all)
-
     def _atom_neighbourhoods(self):
         """For every atom: displacement vectors to the candidate neighbours for Set II (all atoms
         within the k-th neighbour distance + tolerance, images included, the atom itself excluded),

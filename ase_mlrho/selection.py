@@ -31,7 +31,7 @@ import numpy as np
 
 from .inference import InferenceSettings, expected_eps_percent, run_prediction
 
-__all__ = ["CandidateScore", "DensitySettings", "STRATEGIES", "SCORE_MEANING", "score_candidates",
+__all__ = ["check_candidates", "CandidateScore", "DensitySettings", "STRATEGIES", "SCORE_MEANING", "score_candidates",
            "typicality_weights", "rank"]
 
 #: what candidates can be ranked by: the mean epistemic sigma, the same weighted by typicality, or the
@@ -101,6 +101,19 @@ class CandidateScore:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "score": self.score}
+
+
+def check_candidates(model, candidates) -> None:
+    """Every candidate ``(source, frame, ase.Atoms)`` must be one ``model`` can predict (its elements, a sane
+    cell, no duplicated atom: :func:`~ase_mlrho.inference.validate_structure`), checked before any is
+    scored: ValueError naming the file and frame of the first that is not."""
+    from .inference import validate_structure
+
+    for source, frame, atoms in candidates:
+        try:
+            validate_structure(model, atoms)
+        except ValueError as exc:  # InvalidStructureError, UnknownSpeciesError
+            raise ValueError(f"candidate {source} frame {frame}: {exc}") from exc
 
 
 def score_candidates(model, candidates, settings: InferenceSettings = InferenceSettings(), progress=None,

@@ -216,15 +216,21 @@ def open_zarr_store(path: Path, job: Job, attrs: dict):
     return group, state
 
 
-def open_prediction(path) -> dict:
-    """Read a zarr prediction store into memory (small stores; big ones: open with ``zarr`` and
-    slice). Returns a dict of float32 arrays (e/Bohr^3) and ``attrs``. Refuses incomplete stores."""
+def _open_complete(path):
+    """(zarr group, its attributes) of a complete prediction store, read-only; OutputError otherwise."""
     import zarr
 
     group = zarr.open_group(str(path), mode="r")
     attrs = dict(group.attrs)
     if attrs.get("format") != ZARR_FORMAT or not attrs.get("complete"):
         raise OutputError(f"{path} is not a complete {ZARR_FORMAT} store")
+    return group, attrs
+
+
+def open_prediction(path) -> dict:
+    """Read a zarr prediction store into memory (small stores; big ones: open with ``zarr`` and
+    slice). Returns a dict of float32 arrays (e/Bohr^3) and ``attrs``. Refuses incomplete stores."""
+    group, attrs = _open_complete(path)
     out = {name: group[name][...] for name in ARRAY_NAMES}
     out["attrs"] = attrs
     return out
@@ -236,12 +242,7 @@ def largest_epistemic_plane(path) -> dict:
     found slab by slab along the first axis (one chunk row at a time), then one k-plane and one line are
     read. Returns ``grid``, ``node`` (i, j, k), ``plane`` and ``line`` (float64 density, sigma_aleatoric,
     sigma_epistemic, e/Bohr^3 as stored) and ``renormalisation_factor``."""
-    import zarr
-
-    group = zarr.open_group(str(path), mode="r")
-    attrs = dict(group.attrs)
-    if attrs.get("format") != ZARR_FORMAT or not attrs.get("complete"):
-        raise OutputError(f"{path} is not a complete {ZARR_FORMAT} store")
+    group, attrs = _open_complete(path)
     g = attrs["grid"]
     grid = Grid(np.asarray(g["cell_bohr"], dtype=np.float64), tuple(g["shape"]), tuple(g["pbc"]))
     epi = group["sigma_epistemic"]
@@ -254,10 +255,9 @@ def largest_epistemic_plane(path) -> dict:
             i, j, k = np.unravel_index(flat, slab.shape)
             best, node = float(slab.flat[flat]), (int(i0 + i), int(j), int(k))
     i, j, k = node
-    names = ("density", "sigma_aleatoric", "sigma_epistemic")
     return {"grid": grid, "node": node,
-            "plane": {n: np.asarray(group[n][:, :, k], dtype=np.float64) for n in names},
-            "line": {n: np.asarray(group[n][:, j, k], dtype=np.float64) for n in names},
+            "plane": {n: np.asarray(group[n][:, :, k], dtype=np.float64) for n in SIGMA_FIELDS},
+            "line": {n: np.asarray(group[n][:, j, k], dtype=np.float64) for n in SIGMA_FIELDS},
             "renormalisation_factor": float(attrs.get("renormalisation_factor", 1.0))}
 
 
@@ -265,12 +265,7 @@ def verify_prediction(path) -> int:
     """Recompute every block's sha256 of a complete zarr store and compare it with the one recorded
     when the block was written. Returns the number of blocks checked; raises :class:`OutputError`
     naming the first corrupt block."""
-    import zarr
-
-    group = zarr.open_group(str(path), mode="r")
-    attrs = dict(group.attrs)
-    if attrs.get("format") != ZARR_FORMAT or not attrs.get("complete"):
-        raise OutputError(f"{path} is not a complete {ZARR_FORMAT} store")
+    group, attrs = _open_complete(path)
     plan = ChunkPlan(tuple(attrs["grid"]["shape"]), tuple(attrs["block_shape"]))
     recorded = group["chunk_sha256"][...]
     arrays = {name: group[name] for name in ARRAY_NAMES}

@@ -91,10 +91,14 @@ def expected_coverage(k: float) -> float:
 
 def plot_reliability(error, sigma, path, title: str = "Reliability diagram") -> None:
     """Save a reliability diagram (observed vs expected coverage) to ``path``."""
+    from pathlib import Path
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from .files import atomic_write
 
     expected, observed = reliability_curve(error, sigma)
     fig, ax = plt.subplots(figsize=(4.2, 4.0))
@@ -110,10 +114,6 @@ def plot_reliability(error, sigma, path, title: str = "Reliability diagram") -> 
     ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    from pathlib import Path
-
-    from .files import atomic_write
-
     try:  # never a half-written figure; the figure is closed whatever happens
         fmt = Path(path).suffix.lstrip(".").lower() or "png"
         atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=130), binary=True)
@@ -128,11 +128,12 @@ def plot_uncertainty_slice(field, atoms, path, ood_threshold_e_per_bohr3: float 
     ``field`` is a :class:`~ase_mlrho.inference.FieldPrediction` in memory, ``atoms`` the ``ase.Atoms``
     it was predicted for (Angstrom). The node is the one of largest epistemic sigma; the figure is
     :func:`plot_uncertainty_plane`'s. (A zarr store: :func:`ase_mlrho.sinks.largest_epistemic_plane`.)"""
+    from .sinks import SIGMA_FIELDS  # (sinks imports this module: not at the top)
+
     node = tuple(int(n) for n in np.unravel_index(int(np.argmax(field.sigma_epistemic)), field.grid.shape))
     i, j, k = node
-    names = ("density", "sigma_aleatoric", "sigma_epistemic")
-    plane = {n: getattr(field, n)[:, :, k] for n in names}
-    line = {n: getattr(field, n)[:, j, k] for n in names}
+    plane = {n: getattr(field, n)[:, :, k] for n in SIGMA_FIELDS}
+    line = {n: getattr(field, n)[:, j, k] for n in SIGMA_FIELDS}
     plot_uncertainty_plane(field.grid, node, plane, line, field.renormalisation_factor, atoms, path,
                            ood_threshold_e_per_bohr3, title)
     return node

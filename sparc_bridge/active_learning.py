@@ -102,18 +102,6 @@ def _candidates(plan: LearningPlan) -> list[tuple[str, int, object]]:
     return [(path, i, atoms) for path in plan.candidates for i, atoms in enumerate(read_frames(path))]
 
 
-def _check_candidates(model, pool) -> None:
-    """Every candidate frame must be one the model can predict (its elements, a sane cell, no duplicated atom):
-    ValueError naming the file and frame of the first that is not."""
-    from ase_mlrho.inference import validate_structure
-
-    for source, frame, atoms in pool:
-        try:
-            validate_structure(model, atoms)
-        except ValueError as exc:  # InvalidStructureError, UnknownSpeciesError
-            raise ValueError(f"candidate {source} frame {frame}: {exc}") from exc
-
-
 def _key(source: str, frame: int) -> str:
     return f"{Path(source).name}@{frame}"
 
@@ -244,12 +232,13 @@ def run_active_learning(model_path, plan: LearningPlan, workdir, command: str | 
     """Run (or resume) the loop of ``plan`` from the model file ``model_path`` in ``workdir``; the manifest.
     ``dft_cache``: a directory of SPARC runs shared between runs (see :func:`_compute`)."""
     from ase_mlrho.model_files import load_model, resolve_model_path
+    from ase_mlrho.selection import check_candidates
 
     workdir = Path(workdir)
     model_path = Path(resolve_model_path(model_path))
     start = load_model(model_path)
     pool_all = _candidates(plan)
-    _check_candidates(start, pool_all)  # before anything is written: a bad frame is named, not met in round 3
+    check_candidates(start, pool_all)  # before anything is written: a bad frame is named, not met in round 3
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / MANIFEST
     if path.is_file():

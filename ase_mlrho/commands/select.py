@@ -64,20 +64,15 @@ def run(args) -> int:
     except ValueError as exc:
         return _fail(exc)
     from ..files import atomic_write
-    from ..grid import InvalidStructureError
-    from ..inference import InferenceSettings, validate_structure
+    from ..inference import InferenceSettings
     from ..model_files import ModelFileError, load_model
-    from ..selection import SCORE_MEANING, rank, score_candidates
+    from ..selection import SCORE_MEANING, check_candidates, rank, score_candidates
 
     try:
         model = load_model(args.model)
+        check_candidates(model, candidates)  # every frame, before any is scored
     except (ModelFileError, ValueError) as exc:
         return _fail(exc)
-    for source, frame, atoms in candidates:
-        try:
-            validate_structure(model, atoms)
-        except (InvalidStructureError, ValueError) as exc:
-            return _fail(f"{source} frame {frame}: {exc}")
 
     def progress(i, n):
         if not args.json:
